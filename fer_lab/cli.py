@@ -1,0 +1,177 @@
+"""The ``fer-lab`` command line.
+
+    fer-lab train --method dann --source synth:lab --target synth:wild --backbone smallcnn --profile smoke
+    fer-lab compare --source synth:lab --target synth:wild        # source-only, DANN, CDAN-E and the oracle
+    fer-lab methods | backbones | datasets
+
+Bad arguments end with one line on stderr (``fer-lab: error: ...``) and exit status 2, never a traceback
+(set ``FER_LAB_DEBUG=1`` to see the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from fer_lab.config import PROFILES, TrainConfig
+
+
+def _hparam(text: str) -> tuple[str, Any]:
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"hyper-parameter {text!r} is not key=value")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _add_run_args(p: argparse.ArgumentParser, with_method: bool = True) -> None:
+    if with_method:
+        p.add_argument("--method", default="source_only", help="a registered method (see `fer-lab methods`)")
+    p.add_argument("--source", default="synth:lab", help="dataset spec(s), comma-separated for multi-source")
+    p.add_argument("--target", default="synth:wild", help="target dataset spec ('none' for no target)")
+    p.add_argument("--eval", default="", help="extra evaluation specs, comma-separated (test split)")
+    p.add_argument("--backbone", default="smallcnn")
+    p.add_argument("--backbone-weights", default=None, help="local weights file for the backbone")
+    p.add_argument("--profile", default="smoke", choices=["auto", *PROFILES])
+    for name in ("steps", "batch-size", "image-size", "n-train", "n-test", "eval-every", "checkpoint-every",
+                 "log-every"):
+        p.add_argument(f"--{name}", type=int, default=None)
+    p.add_argument("--lr-schedule", default="inv")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--out-dir", default=None)
+    p.add_argument("--resume", action="store_true", help="continue from out-dir's checkpoint if there is one")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--hp", type=_hparam, action="append", default=[], metavar="KEY=VALUE",
+                   help="method hyper-parameter override (repeatable)")
+
+
+def _config(args: argparse.Namespace, **override: Any) -> TrainConfig:
+    target = None if args.target.lower() in ("", "none") else args.target
+    values = dict(
+        method=getattr(args, "method", "source_only"), source=tuple(s for s in args.source.split(",") if s),
+        target=target, eval=tuple(s for s in args.eval.split(",") if s), backbone=args.backbone,
+        backbone_weights=args.backbone_weights, profile=args.profile, steps=args.steps, batch_size=args.batch_size,
+        image_size=args.image_size, n_train=args.n_train, n_test=args.n_test, eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, lr_schedule=args.lr_schedule,
+        augment=not args.no_augment, seed=args.seed, device=args.device, out_dir=args.out_dir,
+        resume=args.resume, progress=not args.no_progress, hparams=dict(args.hp),
+    )
+    values.update(override)
+    return TrainConfig(**values)
+
+
+def _result_rows(name: str, final: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    from fer_lab.labels import EXPRESSIONS
+
+    rows = []
+    for split, r in final.items():
+        row: dict[str, Any] = {"method": name, "eval on": split, "acc": r["acc"], "mean class": r["mean_class_acc"]}
+        row.update({e[:4]: r["per_class"][e] for e in EXPRESSIONS})
+        rows.append(row)
+    return rows
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fer_lab.evaluate import format_table
+    from fer_lab.train import Trainer
+
+    cfg = _config(args)
+    trainer = Trainer(cfg)
+    print(f"training {cfg.method} on {cfg.source} -> {cfg.target} ({trainer.cfg.profile} profile, "
+          f"{trainer.cfg.steps} steps, {trainer.cfg.image_size}px, out: {trainer.out_dir})", flush=True)
+    result = trainer.fit()
+    print(format_table(_result_rows(cfg.method, result.final)))
+    print(f"accuracies in %; {result.seconds:.1f} s; results in {result.out_dir / 'results.json'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Source-only, DANN, CDAN-E and the target-supervised oracle on the same budget and seed."""
+    from fer_lab.evaluate import format_table
+    from fer_lab.train import Trainer
+
+    out = Path(args.out_dir or "reports/compare")
+    runs = [(m, {"method": m}) for m in args.methods.split(",")]
+    if args.target.lower() not in ("", "none") and not args.no_oracle:
+        runs.append(("oracle", {"method": "source_only", "source": (args.target,)}))
+    rows, results = [], {}
+    for name, over in runs:
+        cfg = _config(args, out_dir=str(out / name), **over)
+        r = Trainer(cfg).fit()
+        results[name] = {k: {m: v[m] for m in ("acc", "mean_class_acc", "per_class")} for k, v in r.final.items()}
+        rows += _result_rows(name, r.final)
+        print(f"{name}: target acc {100 * r.final.get('target', next(iter(r.final.values())))['acc']:.1f}% "
+              f"({r.seconds:.0f} s)", flush=True)
+    table = format_table(rows)
+    print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(f"# {args.source} -> {args.target}\n\nAccuracy (%), seed {args.seed}, "
+                                    f"profile {args.profile}.\n\n{table}\n")
+    print(f"written: {out / 'results.md'}, {out / 'results.json'}")
+    return 0
+
+
+def _list(kind: str) -> int:
+    if kind == "methods":
+        from fer_lab.methods import METHODS
+
+        for name, cls in METHODS.items():
+            doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+            print(f"{name:14s} {'needs target' if cls.needs_target else 'no target   '}  {doc}")
+    elif kind == "backbones":
+        from fer_lab.models import BACKBONES
+
+        for name, fn in BACKBONES.items():
+            print(f"{name:10s} {((fn.__doc__ or '').strip().splitlines() or [''])[0]}")
+    else:
+        from fer_lab.data.spec import DATASETS, _ensure_builtin_datasets
+
+        _ensure_builtin_datasets()
+        for name, fn in DATASETS.items():
+            print(f"{name:12s} {((fn.__doc__ or '').strip().splitlines() or [''])[0]}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fer-lab", description="Cross-domain facial expression recognition workbench.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train one method and print its results table")
+    _add_run_args(t)
+    t.set_defaults(func=cmd_train)
+    c = sub.add_parser("compare", help="source-only, DANN, CDAN-E and the oracle on the same budget")
+    _add_run_args(c, with_method=False)
+    c.add_argument("--methods", default="source_only,dann,cdan")
+    c.add_argument("--no-oracle", action="store_true")
+    c.set_defaults(func=cmd_compare)
+    for kind in ("methods", "backbones", "datasets"):
+        sub.add_parser(kind, help=f"list the registered {kind}").set_defaults(func=lambda a, k=kind: _list(k))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("fer-lab: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+        if os.environ.get("FER_LAB_DEBUG"):
+            raise
+        msg = str(e) if not isinstance(e, KeyError) or type(e) is not KeyError else str(e.args[0])
+        print(f"fer-lab: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Evaluation: accuracy, per-class accuracy, confusion matrix, and result tables."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from fer_lab.data.loading import FaceTensors, iterate, to_device
+from fer_lab.labels import EXPRESSIONS, NUM_CLASSES
+
+
+@torch.no_grad()
+def predict_all(method, data: FaceTensors, batch_size: int = 256, device: str | torch.device = "cpu"
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels for every sample of ``data`` (model in eval mode, restored afterwards)."""
+    was_training = method.training
+    method.eval()
+    try:
+        logits = [method.predict(to_device(b, device)).float().cpu() for b in iterate(data, batch_size)]
+    finally:
+        method.train(was_training)
+    return torch.cat(logits), data.labels.clone()
+
+
+def classification_report(predictions: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
+                          num_classes: int = NUM_CLASSES) -> dict[str, Any]:
+    """Overall accuracy, mean per-class accuracy, per-class accuracy and confusion (rows = truth).
+
+    Rows with an unknown label (-1) are left out. Accuracies are fractions in [0, 1]; a class with no test
+    sample has per-class accuracy ``None`` and does not enter the mean.
+    """
+    pred = np.asarray(predictions).reshape(-1)
+    true = np.asarray(labels).reshape(-1)
+    keep = true >= 0
+    pred, true = pred[keep], true[keep]
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (true, pred), 1)
+    support = confusion.sum(1)
+    per_class = [float(confusion[i, i] / support[i]) if support[i] else None for i in range(num_classes)]
+    present = [a for a in per_class if a is not None]
+    return {
+        "n": int(len(true)),
+        "acc": float((pred == true).mean()) if len(true) else float("nan"),
+        "mean_class_acc": float(np.mean(present)) if present else float("nan"),
+        "per_class": dict(zip(EXPRESSIONS[:num_classes], per_class)),
+        "confusion": confusion.tolist(),
+    }
+
+
+def evaluate(method, data: FaceTensors, batch_size: int = 256, device: str | torch.device = "cpu") -> dict[str, Any]:
+    logits, labels = predict_all(method, data, batch_size, device)
+    return classification_report(logits.argmax(1), labels, logits.shape[1])
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None = None, floatfmt: str = "{:.1f}",
+                 percent: bool = True) -> str:
+    """A plain-text (Markdown-compatible) table; floats in [0, 1] shown as percentages."""
+    rows = list(rows)
+    if not rows:
+        return "(no results)"
+    cols = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return floatfmt.format(100 * v if percent else v)
+        return "" if v is None else str(v)
+
+    body = [[cell(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
+    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
+    return "\n".join([line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])

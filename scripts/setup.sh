@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Creates (or refreshes) the project's virtual environment in .venv. Idempotent: a stamp of the dependency
+# files skips the install when nothing changed. Nothing is downloaded at run time beyond the package registry.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
+VENV=${FER_LAB_VENV:-.venv}
+stamp_src=$(cat pyproject.toml requirements/constraints.txt | sha1sum | cut -d' ' -f1)
+if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.fer-lab-stamp" 2>/dev/null)" = "$stamp_src" ]; then
+  exit 0
+fi
+echo "setting up $VENV with $("$PY" --version) ..." >&2
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+# torch first, pinned (a bare 'torch' requirement can pull several GB of a newer build)
+"$VENV/bin/python" -m pip install -q -c requirements/constraints.txt torch torchvision
+"$VENV/bin/python" -m pip install -q -c requirements/constraints.txt -e ".[dev]"
+"$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
+echo "$stamp_src" > "$VENV/.fer-lab-stamp"
