@@ -30,7 +30,9 @@ from fer_lab.config import TrainConfig
 from fer_lab.data.loading import Augment, Batch, BatchStream, FaceTensors, to_device
 from fer_lab.data.spec import load_dataset, parse_spec
 from fer_lab.evaluate import evaluate
+from fer_lab.methods import METHODS
 from fer_lab.methods.base import Method, build_method
+from fer_lab.models import BACKBONES
 
 LR_SCHEDULES: dict[str, Callable[[float], float]] = {
     "constant": lambda p: 1.0,
@@ -106,8 +108,13 @@ class Trainer:
 
     def setup(self) -> None:
         cfg = self.cfg
+        # fail fast, before any data is loaded, on a malformed spec or an unknown method / backbone
         for spec in (*cfg.source, *([cfg.target] if cfg.target else []), *cfg.eval):
-            parse_spec(spec)  # fail fast on a malformed spec
+            parse_spec(spec)
+        METHODS.get(cfg.method)
+        BACKBONES.get(cfg.backbone)
+        if cfg.backbone_weights and not Path(cfg.backbone_weights).is_file():
+            raise FileNotFoundError(f"backbone weights file not found: {cfg.backbone_weights}")
         self.sources = [self._load(s, "train", i, cfg.n_train) for i, s in enumerate(cfg.source)]
         torch.manual_seed(cfg.seed)
         self.method = build_method(cfg.method, cfg.hparams, backbone=cfg.backbone, weights=cfg.backbone_weights)

@@ -51,8 +51,8 @@ class FaceTensors:
         self.name = str(arrays.meta.get("spec", arrays.name))
         self.meta = dict(arrays.meta)
         self.domain = int(domain)
-        images = torch.from_numpy(np.ascontiguousarray(arrays.images)).permute(0, 3, 1, 2)  # N,3,H,W uint8
-        landmarks = torch.from_numpy(np.asarray(arrays.landmarks, dtype=np.float32)).clone()
+        images = torch.from_numpy(np.array(arrays.images, copy=True)).permute(0, 3, 1, 2)  # N,3,H,W uint8
+        landmarks = torch.from_numpy(np.array(arrays.landmarks, dtype=np.float32))
         h, w = images.shape[-2:]
         if (h, w) != (image_size, image_size):
             images = _resize_uint8(images, image_size)
@@ -60,9 +60,9 @@ class FaceTensors:
             landmarks[..., 1] *= image_size / h
         self.images = images.contiguous()
         self.landmarks = landmarks
-        self.labels = torch.from_numpy(np.asarray(arrays.labels, dtype=np.int64)).clone()
-        self.pose = torch.from_numpy(np.asarray(arrays.pose, dtype=np.float32)).clone()
-        self.subject = torch.from_numpy(np.asarray(arrays.subject, dtype=np.int64)).clone()
+        self.labels = torch.from_numpy(np.array(arrays.labels, dtype=np.int64))
+        self.pose = torch.from_numpy(np.array(arrays.pose, dtype=np.float32))
+        self.subject = torch.from_numpy(np.array(arrays.subject, dtype=np.int64))
         self.image_size = image_size
 
     def __len__(self) -> int:

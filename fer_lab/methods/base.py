@@ -13,7 +13,7 @@ their sources call :func:`fer_lab.data.loading.concat_batches`. ``target`` is an
 are -1; ``true_labels`` is present for diagnostics such as pseudo-label precision and must never be trained on), or
 ``None`` for methods with ``needs_target = False``. ``progress`` runs from 0 to 1 over training.
 
-Each method owns its optimisers (built in ``__init__``). Every parameter group carries ``lr_mult``; the trainer
+Each method owns its optimisers (the main one is built on first use). Every parameter group carries ``lr_mult``; the trainer
 scales ``lr_mult * hparams.lr`` by its schedule, so methods never touch the learning rate themselves.
 """
 
@@ -116,6 +116,7 @@ class Method(nn.Module):
             raise ValueError(f"feature {hparams.feature!r} is not a stream; streams: {', '.join(self.extractor.streams)}")
         self.feature_dim = self.extractor.stream_dim(hparams.feature)
         self.classifier = nn.Linear(self.feature_dim, num_classes)
+        self._optimizer: torch.optim.Optimizer | None = None
 
     # -- optimisation ---------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
@@ -131,6 +132,13 @@ class Method(nn.Module):
             g["lr"] = self.hp.lr * g["lr_mult"]
         return torch.optim.SGD(groups, lr=self.hp.lr, momentum=self.hp.momentum,
                                weight_decay=self.hp.weight_decay, nesterov=self.hp.nesterov)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The main optimiser, built on first use (after subclasses have added their modules)."""
+        if self._optimizer is None:
+            self._optimizer = self.build_optimizer()
+        return self._optimizer
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """Every optimiser the method steps (for the trainer's schedule and checkpoints)."""

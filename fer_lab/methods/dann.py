@@ -34,7 +34,6 @@ class DANN(Method):
         super().__init__(*args, **kwargs)
         self.discriminator = DomainDiscriminator(self.disc_input_dim(), hidden=self.hp.disc_hidden)
         self.grl = WarmStartGradientReverse(alpha=self.hp.grl_alpha)
-        self.optimizer = self.build_optimizer()
 
     def disc_input_dim(self) -> int:
         return self.feature_dim

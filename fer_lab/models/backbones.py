@@ -176,8 +176,8 @@ class SmallCNN(Backbone):
     """A small, fast plain CNN for CPU smoke runs (not from any paper).
 
     Four stages of two conv3x3-BN-ReLU blocks, each stage halving the resolution (the first conv of the stage has
-    stride 2). With the default widths ``(32, 64, 128, 256)``: ``mid`` = stage-2 output (64 channels, stride 4),
-    ``last`` = stage-4 output (256 channels, stride 16). At 64 x 64 input: mid 16 x 16, last 4 x 4.
+    stride 2). With the default widths ``(16, 32, 64, 128)``: ``mid`` = stage-2 output (32 channels, stride 4),
+    ``last`` = stage-4 output (128 channels, stride 16). At 64 x 64 input: mid 16 x 16, last 4 x 4.
 
     Args:
         widths: channels of the four stages.
@@ -186,7 +186,7 @@ class SmallCNN(Backbone):
     mid_stride = 4
     out_stride = 16
 
-    def __init__(self, widths: Sequence[int] = (32, 64, 128, 256), **norm) -> None:
+    def __init__(self, widths: Sequence[int] = (16, 32, 64, 128), **norm) -> None:
         super().__init__(**norm)
         if len(widths) != 4:
             raise ValueError(f"SmallCNN needs 4 stage widths, got {widths!r}")

@@ -212,7 +212,7 @@ class GlobalLocalExtractor(nn.Module):
         patch_cells: window size in ``mid`` cells (benchmark: 7 on a 28 x 28 map).
         heavy_heads: use the benchmark's IR-unit CropNet instead of the light head.
         clamp_landmarks: clamp windows inside the map (benchmark behaviour); otherwise zero padding.
-        head_width: width of the light head (default: ``mid_channels`` clipped to [64, 256]).
+        head_width: width of the light head (default: ``mid_channels`` clipped to [32, 256]).
 
     Shapes:
         ``forward(images [B,3,H,W] in [0,1], landmarks [B,5,2] pixel (x, y))`` ->
@@ -229,7 +229,7 @@ class GlobalLocalExtractor(nn.Module):
         self.clamp_landmarks = bool(clamp_landmarks)
         self.streams: tuple[str, ...] = STREAMS
         cin = backbone.mid_channels
-        width = head_width if head_width is not None else min(max(cin, 64), 256)
+        width = head_width if head_width is not None else min(max(cin, 32), 256)
         self.global_head = GlobalHead(backbone.out_channels, feat_dim)
         self.local_heads = nn.ModuleList(
             CropNet(cin, feat_dim) if heavy_heads else LocalHead(cin, feat_dim, width) for _ in range(NUM_LANDMARKS)

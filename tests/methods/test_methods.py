@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import torch
+
+from fer_lab.data.loading import FaceTensors
+from fer_lab.data.spec import load_dataset
+from fer_lab.methods import METHODS, build_method
+from fer_lab.methods.base import Hparams
+from fer_lab.methods.cdan import CDANHparams
+from fer_lab.methods.dann import DANNHparams
+
+BASELINES = ["source_only", "dann", "cdan"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    src = FaceTensors(load_dataset("synth:lab?n=64&size=32&seed=3", split="train"), 32, domain=0)
+    tgt = FaceTensors(load_dataset("synth:wild?n=64&size=32&seed=3", split="train"), 32, domain=1)
+    s = src.batch(torch.arange(32))
+    t = tgt.batch(torch.arange(32))
+    t["labels"] = torch.full_like(t["labels"], -1)
+    return s, t
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_update_decreases_loss(name, tiny):
+    torch.manual_seed(0)
+    method = build_method(name, {"lr": 0.02})
+    s, t = tiny
+    logs = [method.update(s, t if method.needs_target else None, i / 40) for i in range(40)]
+    first = np.mean([l["loss"] for l in logs[:5]])
+    last = np.mean([l["loss"] for l in logs[-5:]])
+    assert last < 0.7 * first, (first, last)
+    assert logs[-1]["cls"] < logs[0]["cls"]
+    assert all(np.isfinite(list(l.values())).all() for l in logs)
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_contract_shapes_and_multi_source(name, tiny):
+    torch.manual_seed(0)
+    method = build_method(name)
+    s, t = tiny
+    half = [{k: v[:16] for k, v in s.items()}, {k: v[16:] for k, v in s.items()}]
+    logs = method.update(half, t, 0.5)  # a list of source batches is accepted
+    assert "loss" in logs and all(isinstance(v, float) for v in logs.values())
+    method.eval()
+    with torch.no_grad():
+        assert method.predict(s).shape == (32, 7)
+        feats = method.embed(s)
+    assert set(feats) == {"global", "left_eye", "right_eye", "nose", "mouth_left", "mouth_right", "fused"}
+    assert feats["fused"].shape == (32, 6 * method.hp.feat_dim)
+
+
+def test_adversarial_methods_touch_the_discriminator(tiny):
+    torch.manual_seed(0)
+    for name in ("dann", "cdan"):
+        m = build_method(name)
+        before = [p.detach().clone() for p in m.discriminator.parameters()]
+        m.update(tiny[0], tiny[1], 0.5)
+        assert any(not torch.equal(a, b) for a, b in zip(before, m.discriminator.parameters()))
+        assert {"adv", "disc_acc", "grl_coeff"} <= set(m.update(tiny[0], tiny[1], 0.5))
+
+
+def test_cdan_discriminator_sees_multilinear_map():
+    m = build_method("cdan")
+    assert m.discriminator[0].in_features == m.feature_dim * 7
+    r = build_method("cdan", {"randomized": True, "randomized_dim": 256})
+    assert r.discriminator[0].in_features == 256
+
+
+def test_hparams_typed_unknown_and_cli_strings():
+    hp = DANNHparams.from_dict({"adv_weight": "0.5", "nesterov": "false", "feat_dim": "32"})
+    assert hp.adv_weight == 0.5 and hp.nesterov is False and hp.feat_dim == 32
+    with pytest.raises(ValueError, match="unknown hyper-parameter.*advweight"):
+        DANNHparams.from_dict({"advweight": 1})
+    with pytest.raises(ValueError, match="feature 'eyes' is not a stream"):
+        build_method("source_only", {"feature": "eyes"})
+
+
+def test_hparam_sampling_is_seeded():
+    a, b, c = CDANHparams.sample(1), CDANHparams.sample(1), CDANHparams.sample(2)
+    assert a == b and a != c
+    assert 1e-3 <= a.lr <= 10 ** -1.5
+    assert Hparams.sample(1, lr=0.5).lr == 0.5
+
+
+def test_registry_lists_baselines_and_rejects_unknown():
+    assert set(BASELINES) <= set(METHODS)
+    with pytest.raises(KeyError, match="unknown method 'danm'; known methods: cdan, dann"):
+        build_method("danm")

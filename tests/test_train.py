@@ -1,0 +1,123 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from fer_lab.config import TrainConfig
+from fer_lab.train import LR_SCHEDULES, Trainer, load_run
+
+TINY = ["--image-size", "32", "--batch-size", "16", "--n-train", "128", "--n-test", "64", "--log-every", "5",
+        "--eval-every", "50", "--checkpoint-every", "10", "--no-progress"]
+
+
+def _run(out, steps, *extra):
+    cmd = [sys.executable, "-m", "fer_lab", "train", "--method", "dann", "--steps", str(steps), "--out-dir", str(out),
+           *TINY, *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
+
+
+def _checkpoint_step(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)["step"]
+    except Exception:
+        return None
+
+
+@pytest.mark.slow
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
+    steps = 120
+    full = _run(tmp_path / "full", steps)
+    killed = _run(tmp_path / "killed", steps)
+    ckpt = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and killed.poll() is None:
+        s = _checkpoint_step(ckpt) if ckpt.exists() else None
+        if s is not None and s >= 20:
+            break
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = _checkpoint_step(ckpt)
+    assert 20 <= killed_at < steps
+    resumed = _run(tmp_path / "killed", steps, "--resume")
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err.decode()
+    assert full.wait(timeout=600) == 0, full.stderr.read().decode()
+
+    a = json.loads((tmp_path / "full" / "results.json").read_text())["final"]
+    b = json.loads((tmp_path / "killed" / "results.json").read_text())["final"]
+    assert a == b  # same accuracies, per-class figures and confusion matrix
+    la = (tmp_path / "full" / "metrics.jsonl").read_text()
+    lb = (tmp_path / "killed" / "metrics.jsonl").read_text()
+    assert la == lb  # every logged loss identical, no duplicate lines after the resume
+    sa = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["method"]
+    sb = torch.load(ckpt, weights_only=True)["method"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    cfg = TrainConfig(method="source_only", steps=4, image_size=32, batch_size=8, n_train=32, n_test=16,
+                      out_dir=str(tmp_path), progress=False, checkpoint_every=2)
+    Trainer(cfg).fit()
+    other = TrainConfig(**{**cfg.to_dict(), "seed": 5, "resume": True})
+    with pytest.raises(ValueError, match="different config.*seed"):
+        Trainer(other).fit()
+
+
+def test_run_files_and_reload(tmp_path):
+    cfg = TrainConfig(method="source_only", steps=6, image_size=32, batch_size=8, n_train=32, n_test=16,
+                      out_dir=str(tmp_path), progress=False, log_every=2, eval_every=3)
+    result = Trainer(cfg).fit()
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines if "loss" in l] == [2, 4, 6]
+    assert [l["step"] for l in lines if "eval" in l] == [3, 6]
+    final = json.loads((tmp_path / "results.json").read_text())["final"]["target"]
+    assert final["n"] == 16 and len(final["confusion"]) == 7 and sum(map(sum, final["confusion"])) == 16
+    method, _ = load_run(tmp_path)
+    from fer_lab.evaluate import evaluate
+
+    assert evaluate(method, _target(cfg))["acc"] == result.final["target"]["acc"]
+
+
+def _target(cfg):
+    t = Trainer(cfg)
+    t.setup()
+    return t.eval_sets["target"]
+
+
+def test_target_labels_are_hidden_from_methods(tmp_path):
+    seen = []
+
+    class Spy:
+        def on_step(self, trainer, step, logs):
+            _, target = trainer.batches(step)
+            seen.append((target["labels"].unique().tolist(), (target["true_labels"] >= 0).all().item()))
+
+    cfg = TrainConfig(method="dann", steps=2, image_size=32, batch_size=8, n_train=32, n_test=16,
+                      out_dir=str(tmp_path), progress=False)
+    Trainer(cfg, callbacks=[Spy()]).fit()
+    assert seen and all(labels == [-1] and truth for labels, truth in seen)
+
+
+def test_lr_schedules():
+    for name, f in LR_SCHEDULES.items():
+        assert f(0.0) == 1.0, name
+        assert f(1.0) <= f(0.5) <= 1.0, name
+    assert abs(LR_SCHEDULES["inv"](1.0) - 11 ** -0.75) < 1e-12
+
+
+def test_trainer_sets_group_lrs_from_schedule(tmp_path):
+    cfg = TrainConfig(method="dann", steps=2, image_size=32, batch_size=8, n_train=32, n_test=16,
+                      out_dir=str(tmp_path), progress=False, hparams={"lr": 0.1, "disc_lr_mult": 10.0})
+    t = Trainer(cfg)
+    t.setup()
+    t.set_lr(1.0)
+    lrs = sorted(g["lr"] for g in t.method.optimizer.param_groups)
+    f = LR_SCHEDULES["inv"](1.0)
+    assert lrs == pytest.approx([0.1 * f, 0.1 * f, 1.0 * f])
