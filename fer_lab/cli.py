@@ -2,6 +2,7 @@
 
     fer-lab train --method dann --source synth:lab --target synth:wild --backbone smallcnn --profile smoke
     fer-lab compare --source synth:lab --target synth:wild        # source-only, DANN, CDAN-E and the oracle
+    fer-lab notebooks run [--profile smoke] [--device cuda]   # papermill every numbered notebook
     fer-lab methods | backbones | datasets
 
 Bad arguments end with one line on stderr (``fer-lab: error: ...``) and exit status 2, never a traceback
@@ -120,6 +121,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_notebooks(args: argparse.Namespace) -> int:
+    from fer_lab import notebooks as nbs
+
+    if args.action == "run":
+        records = nbs.run_all(args.profile, args.device, args.out, args.only)
+        print(nbs.summary_table(records))
+        print(f"executed notebooks and HTML in {args.out}")
+        return 0
+    paths = args.paths or [str(p) for p in nbs.discover()]
+    if args.action == "clean":
+        for p in paths:
+            print(f"{'cleaned  ' if nbs.clean(p) else 'unchanged'} {p}")
+        return 0
+    problems = [msg for p in paths for msg in nbs.check(p)]
+    for msg in problems:
+        print(msg)
+    print(f"{len(paths)} notebook(s) checked, {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
 def _list(kind: str) -> int:
     if kind == "methods":
         from fer_lab.methods import METHODS
@@ -152,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--methods", default="source_only,dann,cdan")
     c.add_argument("--no-oracle", action="store_true")
     c.set_defaults(func=cmd_compare)
+    n = sub.add_parser("notebooks", help="run (papermill), clean or check the numbered notebooks")
+    n.add_argument("action", choices=["run", "clean", "check"])
+    n.add_argument("paths", nargs="*", help="notebooks to clean/check (default: all numbered ones)")
+    n.add_argument("--profile", default="auto", choices=["auto", *PROFILES])
+    n.add_argument("--device", default="auto")
+    n.add_argument("--only", action="append", default=[], help="notebook number or name (repeatable)")
+    n.add_argument("--out", default="reports/notebooks")
+    n.set_defaults(func=cmd_notebooks)
     for kind in ("methods", "backbones", "datasets"):
         sub.add_parser(kind, help=f"list the registered {kind}").set_defaults(func=lambda a, k=kind: _list(k))
     return p

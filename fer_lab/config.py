@@ -1,7 +1,8 @@
 """Typed configuration: training runs and the two profiles.
 
 ``smoke`` is sized for a 2-core CPU (small images, few steps, minutes); ``full`` is sized for a GPU (the CD-FER
-benchmark's 112 px faces and a long schedule). ``auto`` picks ``full`` when CUDA is available, else ``smoke``.
+benchmark's 112 px faces and a long schedule); ``tiny`` only checks that things run (seconds; used by the notebook
+tests). ``auto`` is ``$FER_LAB_PROFILE`` when that is set, else ``full`` when CUDA is available, else ``smoke``.
 Values given explicitly always win over the profile's.
 """
 
@@ -14,6 +15,8 @@ from typing import Any
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(image_size=64, batch_size=32, steps=400, n_train=2000, n_test=1000, eval_every=200,
                   checkpoint_every=200, log_every=10),
+    "tiny": dict(image_size=32, batch_size=16, steps=40, n_train=256, n_test=128, eval_every=40,
+                 checkpoint_every=40, log_every=5),
     "full": dict(image_size=112, batch_size=32, steps=20000, n_train=20000, n_test=4000, eval_every=1000,
                  checkpoint_every=1000, log_every=50),
 }
@@ -21,8 +24,12 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 def resolve_profile(profile: str) -> str:
     if profile == "auto":
+        import os
+
         import torch
 
+        if os.environ.get("FER_LAB_PROFILE"):
+            return resolve_profile(os.environ["FER_LAB_PROFILE"])
         return "full" if torch.cuda.is_available() else "smoke"
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; known profiles: auto, {', '.join(PROFILES)}")

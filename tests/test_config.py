@@ -9,9 +9,10 @@ def test_profile_fills_unset_values_and_keeps_explicit_ones():
     assert cfg.batch_size == PROFILES["smoke"]["batch_size"] and cfg.image_size == PROFILES["smoke"]["image_size"]
 
 
-def test_auto_profile_on_cpu_is_smoke():
+def test_auto_profile_on_cpu_is_smoke(monkeypatch):
     import torch
 
+    monkeypatch.delenv("FER_LAB_PROFILE", raising=False)
     expected = "full" if torch.cuda.is_available() else "smoke"
     assert TrainConfig(profile="auto").resolved().profile == expected
 
@@ -30,3 +31,11 @@ def test_comma_separated_sources():
 def test_bad_values_rejected(bad, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**bad).resolved()
+
+
+def test_auto_profile_follows_environment(monkeypatch):
+    monkeypatch.setenv("FER_LAB_PROFILE", "tiny")
+    assert TrainConfig(profile="auto").resolved().profile == "tiny"
+    monkeypatch.setenv("FER_LAB_PROFILE", "bogus")
+    with pytest.raises(ValueError, match="unknown profile 'bogus'"):
+        TrainConfig(profile="auto").resolved()

@@ -1,0 +1,134 @@
+"""Run, clean and check the numbered notebooks.
+
+    fer-lab notebooks run [--profile smoke|full|auto] [--device cpu|cuda] [--only 00] [--out reports/notebooks]
+    fer-lab notebooks clean [NOTEBOOK ...]      # strip outputs, execution counts and volatile metadata
+    fer-lab notebooks check [NOTEBOOK ...]      # fail on outputs, stale execution counts or oversize files
+
+Every numbered notebook (``notebooks/NN_*.ipynb``) has a first code cell tagged ``parameters`` that takes at
+least ``profile``, ``device`` and ``results_path``; it writes its metrics to ``results_path`` as JSON. The runner
+executes each with papermill into a git-ignored folder, renders HTML beside it, and prints a summary table of each
+notebook's headline metrics and run time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NUMBERED = re.compile(r"^\d\d_.+\.ipynb$")
+MAX_NOTEBOOK_KB = 100
+KEEP_METADATA = ("kernelspec", "language_info")
+
+
+def discover(root: str | Path = NOTEBOOK_DIR, only: Sequence[str] = ()) -> list[Path]:
+    """The numbered notebooks in ``root``, in order; ``only`` filters by number prefix or name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"notebook folder not found: {root}")
+    books = sorted(p for p in root.iterdir() if NUMBERED.match(p.name))
+    if only:
+        books = [p for p in books if any(p.name.startswith(o) or p.stem == o for o in only)]
+        if not books:
+            raise FileNotFoundError(f"no numbered notebook in {root} matches {', '.join(only)}")
+    return books
+
+
+def run_notebook(path: str | Path, out_dir: str | Path, parameters: dict[str, Any] | None = None,
+                 html: bool = True, kernel: str = "python3", progress: bool = False) -> dict[str, Any]:
+    """Execute one notebook with papermill; returns ``{"notebook", "seconds", "metrics", "output", "html"}``."""
+    import papermill as pm
+
+    path, out_dir = Path(path), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = out_dir / f"{path.stem}.metrics.json"
+    results.unlink(missing_ok=True)
+    params = {"results_path": str(results.resolve()), **(parameters or {})}
+    executed = out_dir / path.name
+    t0 = time.perf_counter()
+    pm.execute_notebook(str(path), str(executed), parameters=params, kernel_name=kernel, progress_bar=progress,
+                        cwd=str(path.parent))
+    seconds = time.perf_counter() - t0
+    if not results.is_file():
+        raise RuntimeError(f"{path}: ran, but wrote no metrics to {results} (its results_path parameter)")
+    record = {"notebook": path.name, "seconds": seconds, "metrics": json.loads(results.read_text()),
+              "output": str(executed), "html": None}
+    if html:
+        from nbconvert import HTMLExporter
+
+        body, _ = HTMLExporter().from_filename(str(executed))
+        page = out_dir / f"{path.stem}.html"
+        page.write_text(body)
+        record["html"] = str(page)
+    return record
+
+
+def summary_table(records: Iterable[dict[str, Any]]) -> str:
+    from fer_lab.evaluate import format_table
+
+    rows = []
+    for r in records:
+        row: dict[str, Any] = {"notebook": r["notebook"], "time (s)": f"{r['seconds']:.0f}"}
+        for k, v in (r["metrics"].get("headline") or {}).items():
+            row[k] = v
+        rows.append(row)
+    return format_table(rows)
+
+
+def run_all(profile: str = "auto", device: str = "auto", out_dir: str | Path = "reports/notebooks",
+            only: Sequence[str] = (), root: str | Path = NOTEBOOK_DIR, extra: dict[str, Any] | None = None
+            ) -> list[dict[str, Any]]:
+    from tqdm.auto import tqdm
+
+    books = discover(root, only)
+    records = []
+    for nb in tqdm(books, desc="notebooks", unit="nb"):
+        records.append(run_notebook(nb, out_dir, {"profile": profile, "device": device, **(extra or {})}))
+    (Path(out_dir) / "summary.json").write_text(json.dumps(records, indent=1))
+    return records
+
+
+# -- hygiene -----------------------------------------------------------------------------------------------------
+def clean(path: str | Path) -> bool:
+    """Strip outputs, execution counts and volatile metadata in place; returns True when the file changed."""
+    import nbformat
+
+    path = Path(path)
+    before = path.read_text()
+    nb = nbformat.reads(before, as_version=4)
+    nb.metadata = {k: v for k, v in nb.metadata.items() if k in KEEP_METADATA}
+    for cell in nb.cells:
+        cell.pop("id", None)
+        tags = cell.get("metadata", {}).get("tags")
+        cell["metadata"] = {"tags": tags} if tags else {}
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nb.nbformat_minor = 4  # no cell ids: stable diffs
+    after = nbformat.writes(nb) + "\n"
+    if after != before:
+        path.write_text(after)
+    return after != before
+
+
+def check(path: str | Path, max_kb: int = MAX_NOTEBOOK_KB) -> list[str]:
+    """Problems that keep a notebook from being committed: outputs, execution counts, size, no parameters cell."""
+    import nbformat
+
+    path = Path(path)
+    problems = []
+    size_kb = path.stat().st_size / 1024
+    if size_kb > max_kb:
+        problems.append(f"{path}: {size_kb:.0f} KiB is over the {max_kb} KiB limit")
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for i, c in enumerate(code):
+        if c.get("execution_count") is not None:
+            problems.append(f"{path}: code cell {i} has a stale execution count ({c.execution_count})")
+        if c.get("outputs"):
+            problems.append(f"{path}: code cell {i} carries outputs")
+    if NUMBERED.match(path.name) and (not code or "parameters" not in code[0].get("metadata", {}).get("tags", [])):
+        problems.append(f"{path}: the first code cell is not tagged 'parameters'")
+    return problems
