@@ -69,13 +69,13 @@ def run_notebook(path: str | Path, out_dir: str | Path, parameters: dict[str, An
 def summary_table(records: Iterable[dict[str, Any]]) -> str:
     from fer_lab.evaluate import format_table
 
-    rows = []
+    rows = []  # headline values are already in display units (e.g. accuracy in %)
     for r in records:
         row: dict[str, Any] = {"notebook": r["notebook"], "time (s)": f"{r['seconds']:.0f}"}
         for k, v in (r["metrics"].get("headline") or {}).items():
             row[k] = v
         rows.append(row)
-    return format_table(rows)
+    return format_table(rows, percent=False)
 
 
 def run_all(profile: str = "auto", device: str = "auto", out_dir: str | Path = "reports/notebooks",

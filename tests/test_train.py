@@ -18,7 +18,10 @@ TINY = ["--image-size", "32", "--batch-size", "16", "--n-train", "128", "--n-tes
 def _run(out, steps, *extra):
     cmd = [sys.executable, "-m", "fer_lab", "train", "--method", "dann", "--steps", str(steps), "--out-dir", str(out),
            *TINY, *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
+    # one thread each: the two runs go side by side, and OpenMP threads of two processes fighting over two cores
+    # slow both by orders of magnitude
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 
 def _checkpoint_step(path):

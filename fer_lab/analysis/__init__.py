@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["alignment", "attribution", "thresholds"]
+__all__ = ["alignment", "attribution", "gallery", "thresholds"]
 
 
 def __getattr__(name: str) -> Any:

@@ -248,10 +248,10 @@ DOMAINS: dict[str, SynthDomain] = {
         skin_tone=(0.0, 1.0), clutter=0.35, occlusion=0.1, blur=(0.0, 0.5), noise=(0.01, 0.04),
         images_per_subject=3,
     ),
-    # KDEF half profiles (KDEF shoots +-45 and +-90 deg; here |yaw| 30-60): posed, colour, studio, balanced.
+    # KDEF half profiles (KDEF shoots 0, +-45 and +-90 deg; here |yaw| 40-70): posed, colour, studio, balanced.
     "profile": SynthDomain(
         name="profile", color=1.0, class_prior=_BALANCED, intensity=(0.7, 1.0), au_noise=0.05,
-        idiosyncrasy=0.05, label_noise=0.0, yaw=(30.0, 60.0), pitch=4.0, roll=3.0, scale_jitter=0.03,
+        idiosyncrasy=0.05, label_noise=0.0, yaw=(40.0, 70.0), pitch=4.0, roll=3.0, scale_jitter=0.03,
         shift_jitter=0.015, lighting=(0.0, 0.2), exposure=0.05, color_cast=0.02, skin_tone=(0.0, 0.7),
         clutter=0.0, occlusion=0.0, blur=(0.0, 0.3), noise=(0.0, 0.01), images_per_subject=14,
     ),
@@ -1021,8 +1021,11 @@ def _draw_clutter(ws: _Workspace, img: torch.Tensor, s: Mapping[str, np.ndarray]
     grad = s["clutter_grad"][sl]
     xs = (np.arange(W) + 0.5) / W
     ys = (np.arange(H) + 0.5) / H
-    colour = lambda a: (torch.from_numpy(np.ascontiguousarray(a if C == 3 else a @ _LUMA[:, None], np.float32))
-                        .view(B, C, 1, 1))
+
+    def colour(a: np.ndarray) -> torch.Tensor:
+        a = a if C == 3 else a @ _LUMA[:, None]
+        return torch.from_numpy(np.ascontiguousarray(a, np.float32)).view(B, C, 1, 1)
+
     img.add_(base)
     img.add_(colour(grad[:, 0] * 0.3 * clutter) * torch.from_numpy((xs - 0.5).astype(np.float32)).view(1, 1, 1, W))
     img.add_(colour(grad[:, 1] * 0.3 * clutter) * torch.from_numpy((ys - 0.5).astype(np.float32)).view(1, 1, H, 1))
@@ -1108,12 +1111,11 @@ def _render_chunk(ws: _Workspace, s: Mapping[str, np.ndarray], g: Mapping[str, A
     hair_amt = _t(g["hair_amt"], sl)
     d_hair = _ellipse(full, _t(g["hair_u"], sl), ones * -0.12, _t(g["hair_a"], sl), _t(g["hair_b"], sl),
                       out="hair_d", tmp="t1")
-    # ... cut at the hair length, and below the ears only at the sides (long hair), never under the chin
+    # ... cut at the hair length, and by a round notch under the head (long hair falls at the sides only)
     d = torch.sub(v, _t(g["hair_len"], sl), out=full.buf("t0"))
     torch.maximum(d, d_hair, out=d)
-    side = torch.sub(u, _t(g["hair_u"], sl), out=full.buf("t2")).abs_().neg_().add_(0.75)
-    torch.minimum(side, torch.sub(v, 0.55, out=full.buf("t3")), out=side)
-    torch.maximum(d, side, out=d)
+    notch = _ellipse(full, _t(g["hair_u"], sl), ones * 1.35, ones * 0.75, ones * 0.8, out="t2", tmp="t3")
+    torch.maximum(d, notch.neg_(), out=d)
     _over(img, _alpha(d, k).mul_(hair_amt), hair_c)
     # ears, each in its own window
     for eu, ev in g["ears"]:

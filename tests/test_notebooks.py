@@ -1,0 +1,50 @@
+"""The numbered notebooks: hygiene of the committed files, and a papermill run of each with its metrics checked.
+
+``scripts/test.sh`` also runs ``pytest --nbval-lax notebooks`` (every cell must run in a fresh kernel, with the
+``tiny`` profile), so these tests focus on what nbval cannot see: the figures each notebook reports.
+"""
+
+import json
+
+import nbformat
+import pytest
+
+from fer_lab import notebooks as nbs
+
+NOTEBOOKS = nbs.discover()
+
+
+def test_there_are_numbered_notebooks():
+    assert [p.name for p in NOTEBOOKS][:1] == ["00_synthfer_tour.ipynb"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_notebook_is_clean(path):
+    assert nbs.check(path) == []
+
+
+def test_check_finds_outputs_counts_and_missing_parameters(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1", execution_count=3,
+                                                                   outputs=[nbformat.v4.new_output("stream", text="big" * 50000)])])
+    path = tmp_path / "07_dirty.ipynb"
+    nbformat.write(nb, path)
+    problems = " ".join(nbs.check(path, max_kb=100))
+    assert "over the 100 KiB limit" in problems and "stale execution count" in problems
+    assert "carries outputs" in problems and "not tagged 'parameters'" in problems
+    assert nbs.clean(path) is True and nbs.clean(path) is False  # idempotent
+    cleaned = nbformat.read(path, as_version=4)
+    assert cleaned.cells[0].outputs == [] and cleaned.cells[0].execution_count is None
+
+
+@pytest.mark.slow
+def test_notebook_00_smoke_metrics(tmp_path):
+    record = nbs.run_notebook(NOTEBOOKS[0], tmp_path, {"profile": "smoke", "device": "cpu",
+                                                       "out_dir": str(tmp_path / "runs")}, html=True)
+    m = record["metrics"]
+    acc = m["target_acc"]
+    assert m["profile"] == "smoke" and set(acc) == {"source_only", "dann"}
+    assert acc["dann"] >= acc["source_only"], acc  # adaptation helps on lab -> wild (fixed seed)
+    assert 1 / 7 < acc["source_only"] < 0.95
+    assert 0.0 <= m["pad_fused"]["dann"] <= 2.0
+    assert (tmp_path / "00_synthfer_tour.html").stat().st_size > 10_000
+    assert json.loads((tmp_path / "00_synthfer_tour.metrics.json").read_text()) == m
