@@ -7,6 +7,7 @@
 import json
 
 import nbformat
+import torch
 import pytest
 
 from fer_lab import notebooks as nbs
@@ -43,8 +44,19 @@ def test_notebook_00_smoke_metrics(tmp_path):
     m = record["metrics"]
     acc = m["target_acc"]
     assert m["profile"] == "smoke" and set(acc) == {"source_only", "dann"}
-    assert acc["dann"] >= acc["source_only"], acc  # adaptation helps on lab -> wild (fixed seed)
-    assert 1 / 7 < acc["source_only"] < 0.95
+    # the shift is real (well below the ~99% a lab model scores on lab) but the task is learnable (above chance);
+    # whether DANN beats source-only is tests/test_end_to_end.py's question
+    assert all(1 / 7 < a < 0.9 for a in acc.values()), acc
+    assert m["headline"] == {f"{k} acc": round(100 * v, 1) for k, v in acc.items()}
     assert 0.0 <= m["pad_fused"]["dann"] <= 2.0
     assert (tmp_path / "00_synthfer_tour.html").stat().st_size > 10_000
     assert json.loads((tmp_path / "00_synthfer_tour.metrics.json").read_text()) == m
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; the full profile is sized for one")
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_full_profile_on_cuda(path, tmp_path):
+    record = nbs.run_notebook(path, tmp_path, {"profile": "full", "device": "cuda",
+                                               "out_dir": str(tmp_path / "runs")}, html=False)
+    assert record["metrics"]["profile"] == "full"

@@ -80,7 +80,7 @@ def test_hparams_typed_unknown_and_cli_strings():
 def test_hparam_sampling_is_seeded():
     a, b, c = CDANHparams.sample(1), CDANHparams.sample(1), CDANHparams.sample(2)
     assert a == b and a != c
-    assert 1e-3 <= a.lr <= 10 ** -1.5
+    assert 10 ** -2.5 <= a.lr <= 10 ** -0.7
     assert Hparams.sample(1, lr=0.5).lr == 0.5
 
 
