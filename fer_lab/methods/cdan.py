@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fer_lab.data.loading import Batch
-from fer_lab.methods.base import METHODS, SourceInput, classification_loss, joint_forward, pooled
+from fer_lab.methods.base import METHODS
 from fer_lab.methods.dann import DANN, DANNHparams
 from fer_lab.models import RandomizedMultilinear, cdan_multilinear, domain_adversarial_loss, entropy_weight
 
@@ -45,19 +44,11 @@ class CDAN(DANN):
         # h = f (x) g  (Eq. 4), or its randomized approximation (Eq. 6)
         return self.multilinear(f, probs) if self.hp.randomized else cdan_multilinear(f, probs)
 
-    def update(self, source: SourceInput, target: Batch | None, progress: float) -> dict[str, float]:
-        xs = pooled(source)
-        feats, n = joint_forward(self, xs, target)
-        f = feats[self.hp.feature]
-        logits = self.classifier(f)
-        cls = classification_loss(logits[:n], xs["labels"])
+    def adversarial_loss(self, f: torch.Tensor, logits: torch.Tensor, n: int, progress: float):
         probs = logits.softmax(1).detach()
         h = self.grl(self.conditioned(f, probs), progress)
         # w = 1 + exp(-H(g))  (Eq. 8); None = plain CDAN
         w = entropy_weight(probs) if self.hp.entropy_conditioning else None
-        adv, disc_acc = domain_adversarial_loss(self.discriminator, h[:n], h[n:],
-                                                None if w is None else w[:n], None if w is None else w[n:])
-        loss = cls + self.hp.adv_weight * adv
-        self.step(loss)
-        return {"loss": loss.item(), "cls": cls.item(), "adv": adv.item(), "disc_acc": float(disc_acc),
-                "grl_coeff": self.grl.coeff(progress)}
+        # E[ w * BCE(D(h), d) ], weights normalised per domain  (Eq. 9)
+        return domain_adversarial_loss(self.discriminator, h[:n], h[n:],
+                                       None if w is None else w[:n], None if w is None else w[n:])

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import Tensor
+
 from fer_lab.data.loading import Batch
 from fer_lab.methods.base import (METHODS, Hparams, Method, SourceInput, classification_loss, joint_forward,
                                   pooled)
@@ -50,10 +52,14 @@ class DANN(Method):
         logits = self.classifier(f)
         # L_cls = E_S [ CE(C(F(x_s)), y_s) ]
         cls = classification_loss(logits[:n], xs["labels"])
-        # L_dom = BCE(D(GRL_lambda_p(F(x))), d), source d=1, target d=0
-        r = self.grl(f, progress)
-        adv, disc_acc = domain_adversarial_loss(self.discriminator, r[:n], r[n:])
+        adv, disc_acc = self.adversarial_loss(f, logits, n, progress)
         loss = cls + self.hp.adv_weight * adv
         self.step(loss)
         return {"loss": loss.item(), "cls": cls.item(), "adv": adv.item(), "disc_acc": float(disc_acc),
                 "grl_coeff": self.grl.coeff(progress)}
+
+    def adversarial_loss(self, f: Tensor, logits: Tensor, n: int, progress: float) -> tuple[Tensor, Tensor]:
+        """The domain loss on features ``f`` (the first ``n`` rows are source); returns (loss, disc accuracy)."""
+        # L_dom = BCE(D(GRL_lambda_p(F(x))), d), source d=1, target d=0
+        r = self.grl(f, progress)
+        return domain_adversarial_loss(self.discriminator, r[:n], r[n:])
