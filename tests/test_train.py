@@ -45,7 +45,8 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
         time.sleep(0.05)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert killed.returncode == -signal.SIGKILL, (
+        f"the run ended (status {killed.returncode}) before it could be killed: {killed.stderr.read().decode()[-2000:]}")
     killed_at = _checkpoint_step(ckpt)
     assert 20 <= killed_at < steps
     resumed = _run(tmp_path / "killed", steps, "--resume")

@@ -94,7 +94,13 @@ class FaceArrays:
         )
 
     # -- on disk -----------------------------------------------------------------------------------------
-    def save(self, folder: str | os.PathLike) -> Path:
+    def save(self, folder: str | os.PathLike, overwrite: bool = True) -> Path:
+        """Write the store to ``folder`` atomically (a temporary folder renamed into place).
+
+        Safe when several processes write the same folder at once (e.g. a shared cache): with
+        ``overwrite=False`` an existing store is kept and this copy discarded; with ``overwrite=True`` the old
+        store is moved aside and removed only after the new one is in place.
+        """
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".tmp", dir=folder.parent))
@@ -102,9 +108,19 @@ class FaceArrays:
             for key in _ARRAYS:
                 np.save(tmp / f"{key}.npy", np.ascontiguousarray(getattr(self, key)))
             (tmp / "meta.json").write_text(json.dumps(self.meta, indent=1, sort_keys=True, default=str))
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
+            try:
+                os.rename(tmp, folder)
+            except OSError:  # the folder exists (another writer may have just put it there)
+                if not overwrite:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    return folder
+                trash = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".old", dir=folder.parent))
+                try:
+                    os.replace(folder, trash / "store")
+                except FileNotFoundError:
+                    pass
+                os.rename(tmp, folder)
+                shutil.rmtree(trash, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

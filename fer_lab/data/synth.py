@@ -1360,7 +1360,7 @@ def make_synthfer(domain: str | SynthDomain = "lab", n: int = 2000, size: int = 
     n, size, seed = _int("n", n, 0), _int("size", size, 16), _int("seed", seed, 0)
     if split not in ("train", "test", "val", "all"):
         raise ValueError(f"split {split!r} is not one of train, test, val, all")
-    folder = None
+    folder, damaged = None, False
     if cache:
         root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         folder = root / f"{dom.name}-{split}-n{n}-s{size}-seed{seed}-{_cache_key(dom, n, size, seed, split)}"
@@ -1368,7 +1368,7 @@ def make_synthfer(domain: str | SynthDomain = "lab", n: int = 2000, size: int = 
             try:
                 return FaceArrays.load(folder)
             except (FileNotFoundError, ValueError):
-                pass  # a damaged entry: rebuild it
+                damaged = True  # rebuild it and replace it
     if split == "all":
         n_test = n // 5
         a, b = _generate(dom, n - n_test, size, seed, "train"), _generate(dom, n_test, size, seed, "test")
@@ -1386,7 +1386,7 @@ def make_synthfer(domain: str | SynthDomain = "lab", n: int = 2000, size: int = 
         "renderer_version": RENDERER_VERSION, "landmark_convention": "pixel (i,j) covers [j,j+1)x[i,i+1)",
     }))
     if folder is not None:
-        data.save(folder)
+        data.save(folder, overwrite=damaged)  # another process may be writing the same entry: keep the first
     return data
 
 

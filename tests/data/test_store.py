@@ -41,3 +41,23 @@ def test_bad_label_and_shapes_named():
 def test_load_missing_store_names_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"not a fer-lab store \(missing images.npy"):
         FaceArrays.load(tmp_path)
+
+
+def test_concurrent_writers_keep_one_complete_store(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    a = _arrays()
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: a.save(tmp_path / "store", overwrite=False), range(8)))
+    b = FaceArrays.load(tmp_path / "store")
+    np.testing.assert_array_equal(a.images, b.images)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]  # no temporary folders left
+
+
+def test_overwrite_flag(tmp_path):
+    _arrays(labels=[0] * 6).save(tmp_path / "s")
+    _arrays(labels=[1] * 6).save(tmp_path / "s", overwrite=False)
+    assert (FaceArrays.load(tmp_path / "s").labels == 0).all()
+    _arrays(labels=[2] * 6).save(tmp_path / "s", overwrite=True)
+    assert (FaceArrays.load(tmp_path / "s").labels == 2).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
