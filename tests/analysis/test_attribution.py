@@ -3,17 +3,15 @@ import pytest
 import torch
 
 from fer_lab.analysis import attribution as at
-from fer_lab.data.loading import FaceTensors
-from fer_lab.data.spec import load_dataset
 from fer_lab.labels import EXPRESSIONS, LANDMARKS
 from fer_lab.methods import build_method
+
+from conftest import synth_pair
 
 
 @pytest.fixture(scope="module")
 def data():
-    src = FaceTensors(load_dataset("synth:lab?n=32&size=32&seed=7", split="test"), 32, domain=0)
-    tgt = FaceTensors(load_dataset("synth:wild?n=32&size=32&seed=7", split="test"), 32, domain=1)
-    return src, tgt
+    return synth_pair(n=32, seed=7)
 
 
 @pytest.fixture(scope="module")

@@ -2,20 +2,19 @@ import numpy as np
 import pytest
 import torch
 
-from fer_lab.data.loading import FaceTensors
-from fer_lab.data.spec import load_dataset
 from fer_lab.methods import METHODS, build_method
 from fer_lab.methods.base import Hparams
 from fer_lab.methods.cdan import CDANHparams
 from fer_lab.methods.dann import DANNHparams
+
+from conftest import synth_pair
 
 BASELINES = ["source_only", "dann", "cdan"]
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    src = FaceTensors(load_dataset("synth:lab?n=64&size=32&seed=3", split="train"), 32, domain=0)
-    tgt = FaceTensors(load_dataset("synth:wild?n=64&size=32&seed=3", split="train"), 32, domain=1)
+    src, tgt = synth_pair(n=64, seed=3, split="train")
     s = src.batch(torch.arange(32))
     t = tgt.batch(torch.arange(32))
     t["labels"] = torch.full_like(t["labels"], -1)
