@@ -89,6 +89,15 @@ def _atomic_write_text(text: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def load_split(cfg: TrainConfig, spec: str, split: str = "test", domain: int = 0) -> FaceTensors:
+    """One split of a dataset as a run with ``cfg`` sees it: the profile's size, sample count and seed apply
+    where the spec does not set its own (``n_train`` for the train split, ``n_test`` otherwise)."""
+    cfg = cfg.resolved()
+    n = cfg.n_train if split == "train" else cfg.n_test
+    arrays = load_dataset(spec, split=split, defaults={"n": n, "size": cfg.image_size, "seed": cfg.seed})
+    return FaceTensors(arrays, cfg.image_size, domain=domain)
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, callbacks: Sequence[Callback] = ()) -> None:
         self.cfg = config.resolved()
@@ -101,11 +110,6 @@ class Trainer:
         self.eval_sets: dict[str, FaceTensors] = {}
 
     # -- set-up -------------------------------------------------------------------------------------------
-    def _load(self, spec: str, split: str, domain: int, n: int) -> FaceTensors:
-        arrays = load_dataset(spec, split=split, defaults={"n": n, "size": self.cfg.image_size,
-                                                          "seed": self.cfg.seed})
-        return FaceTensors(arrays, self.cfg.image_size, domain=domain)
-
     def setup(self) -> None:
         cfg = self.cfg
         # fail fast, before any data is loaded, on a malformed spec or an unknown method / backbone
@@ -115,22 +119,22 @@ class Trainer:
         BACKBONES.get(cfg.backbone)
         if cfg.backbone_weights and not Path(cfg.backbone_weights).is_file():
             raise FileNotFoundError(f"backbone weights file not found: {cfg.backbone_weights}")
-        self.sources = [self._load(s, "train", i, cfg.n_train) for i, s in enumerate(cfg.source)]
+        self.sources = [load_split(cfg, s, "train", i) for i, s in enumerate(cfg.source)]
         torch.manual_seed(cfg.seed)
         self.method = build_method(cfg.method, cfg.hparams, backbone=cfg.backbone, weights=cfg.backbone_weights)
         self.method.to(self.device)
         k = len(self.sources)
         self.target = None
         if cfg.target and self.method.needs_target:
-            self.target = self._load(cfg.target, "train", k, cfg.n_train)
+            self.target = load_split(cfg, cfg.target, "train", k)
         elif self.method.needs_target:
             raise ValueError(f"method {cfg.method!r} needs unlabelled target data: give --target")
         if cfg.target:
-            self.eval_sets["target"] = self._load(cfg.target, "test", k, cfg.n_test)
+            self.eval_sets["target"] = load_split(cfg, cfg.target, "test", k)
         for spec in cfg.eval:
-            self.eval_sets[spec] = self._load(spec, "test", k + 1, cfg.n_test)
+            self.eval_sets[spec] = load_split(cfg, spec, "test", k + 1)
         if not self.eval_sets:
-            self.eval_sets["source"] = self._load(cfg.source[0], "test", 0, cfg.n_test)
+            self.eval_sets["source"] = load_split(cfg, cfg.source[0], "test", 0)
         aug = Augment.weak() if cfg.augment else None
         strong = Augment.strong() if getattr(self.method, "wants_strong_view", False) else None
         self.source_streams = [BatchStream(d, cfg.batch_size, cfg.seed, i, aug) for i, d in enumerate(self.sources)]
