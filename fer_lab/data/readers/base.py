@@ -149,3 +149,149 @@ def require(path: Path, what: str, hint: str = "") -> Path:
 
 
 LabelMapper = Callable[[Any], int | None]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Helpers shared by readers: split names, subject-independent splits, class-folder layouts.
+
+READER_SPLITS: tuple[str, ...] = ("train", "val", "test", "all")
+
+#: File extensions readers treat as images (compared lower-case).
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+
+
+def check_split(root: Path, name: str, split: str) -> str:
+    """``split`` if it is one of :data:`READER_SPLITS`, else a :class:`ReaderError` naming ``root``."""
+    if split not in READER_SPLITS:
+        raise ReaderError(f"{root}: {name} has no split {split!r}; choose one of {', '.join(READER_SPLITS)}")
+    return split
+
+
+def is_hidden(path: Path, root: Path) -> bool:
+    """True for files a user never meant as data: dot-files, AppleDouble ``._x``, ``__MACOSX`` folders."""
+    parts = path.relative_to(root).parts
+    return any(p.startswith(".") or p == "__MACOSX" for p in parts)
+
+
+@dataclass(frozen=True)
+class SubjectSplit:
+    """A deterministic split for datasets that ship none (CK+, JAFFE, KDEF, Oulu-CASIA).
+
+    ``protocol="subject"`` (subject-independent, the usual protocol of the posed datasets): the sorted subject
+    ids are shuffled with ``seed`` and dealt round-robin into ``folds`` folds; fold ``fold`` is the test split,
+    the ``val_folds`` folds after it (cyclically) are the val split, and the rest is train. The same subjects
+    never appear in two splits, and the assignment depends only on the set of subject ids and the seed.
+    ``folds=10`` with ``fold=0..9`` gives the 10-fold cross-validation of the literature.
+
+    ``protocol="transductive"``: every split holds every face. This is what the CD-FER benchmark does for
+    JAFFE and Oulu-CASIA, reading the same list as target-train (unlabelled) and target-test.
+    """
+
+    protocol: str = "subject"
+    folds: int = 5
+    fold: int = 0
+    val_folds: int = 0
+    seed: int = 0
+
+    PROTOCOLS = ("subject", "transductive")
+
+    def check(self, root: Path, name: str) -> None:
+        """Raise :class:`ReaderError` (naming ``root``) for inconsistent options."""
+        if self.protocol not in self.PROTOCOLS:
+            raise ReaderError(f"{root}: {name} protocol {self.protocol!r} is not one of {', '.join(self.PROTOCOLS)}")
+        if self.protocol == "subject":
+            if self.folds < 2:
+                raise ReaderError(f"{root}: {name} needs folds >= 2 for a subject split, got {self.folds}")
+            if not 0 <= self.fold < self.folds:
+                raise ReaderError(f"{root}: {name} fold {self.fold} is outside 0..{self.folds - 1}")
+            if not 0 <= self.val_folds <= self.folds - 2:
+                raise ReaderError(f"{root}: {name} val_folds {self.val_folds} must be in 0..{self.folds - 2} "
+                                  f"(at least one fold stays for training)")
+
+    def assign(self, subjects: "list[str] | set[str]") -> dict[str, str]:
+        """Subject id -> ``"train"``, ``"val"`` or ``"test"`` under the subject protocol."""
+        ids = sorted(set(subjects))
+        order = np.random.default_rng(self.seed).permutation(len(ids))
+        out: dict[str, str] = {}
+        val = {(self.fold + k) % self.folds for k in range(1, self.val_folds + 1)}
+        for pos, i in enumerate(order):
+            f = pos % self.folds
+            out[ids[i]] = "test" if f == self.fold else "val" if f in val else "train"
+        return out
+
+    def apply(self, records: list[Record], split: str, root: Path, name: str) -> list[Record]:
+        """The records of ``split`` (``"all"``: every record once), each with its ``split`` field set.
+
+        Records must carry a ``subject``. Raises :class:`ReaderError` when the split comes out empty.
+        """
+        from dataclasses import replace
+
+        self.check(root, name)
+        if self.protocol == "transductive":
+            tag = "train" if split == "all" else split
+            out = [replace(r, split=tag) for r in records]
+        else:
+            missing = [r.source for r in records if r.subject is None]
+            if missing:
+                raise ReaderError(f"{missing[0]}: {name} record has no subject id, so it cannot be split by subject")
+            if records and len({r.subject for r in records}) < self.folds:
+                raise ReaderError(f"{root}: {name} has {len({r.subject for r in records})} subjects, fewer than "
+                                  f"folds={self.folds}")
+            which = self.assign({r.subject for r in records})
+            out = [replace(r, split=which[r.subject]) for r in records if split == "all" or which[r.subject] == split]
+        if not out and records:
+            raise ReaderError(f"{root}: {name} split {split!r} is empty under protocol={self.protocol} "
+                              f"(folds={self.folds}, fold={self.fold}, val_folds={self.val_folds})")
+        return out
+
+    def describe(self) -> str:
+        if self.protocol == "transductive":
+            return "protocol=transductive: every split holds every face (CD-FER's target protocol)"
+        return (f"protocol=subject: subject-independent folds={self.folds}, test fold={self.fold}, "
+                f"val_folds={self.val_folds}, split_seed={self.seed}")
+
+
+def scan_class_folders(folder: Path, split: str, classes: "dict[str, int]", dataset: str,
+                       dropped_classes: "dict[str, str] | None" = None,
+                       ) -> tuple[list[Record], list[Dropped], list[str]]:
+    """Records of an ImageFolder-style layout ``folder/<class>/<image>`` (nested folders inside a class allowed).
+
+    ``classes`` maps a folder name (compared lower-case) to a label index; ``dropped_classes`` maps folder names
+    to the reason their images are left out. Every file that is not taken becomes a :class:`Dropped`: files
+    outside a class folder, files in an unknown folder, non-image files, hidden / macOS metadata files. Returns
+    ``(records, dropped, notes)``; notes name the classes with no folder or an empty folder.
+    """
+    dropped_classes = {k.lower(): v for k, v in (dropped_classes or {}).items()}
+    classes = {k.lower(): v for k, v in classes.items()}
+    records: list[Record] = []
+    dropped: list[Dropped] = []
+    seen: dict[str, int] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder)
+        if is_hidden(path, folder):
+            dropped.append(Dropped(str(path), "hidden or macOS metadata file"))
+            continue
+        if len(rel.parts) < 2:
+            dropped.append(Dropped(str(path), "not inside a class folder"))
+            continue
+        cls = rel.parts[0].lower()
+        if cls in dropped_classes:
+            dropped.append(Dropped(str(path), f"{rel.parts[0]}: {dropped_classes[cls]}"))
+            continue
+        if cls not in classes:
+            dropped.append(Dropped(str(path), f"folder {rel.parts[0]!r} is not a {dataset} class "
+                                              f"(expected {', '.join(sorted(classes))})"))
+            continue
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            dropped.append(Dropped(str(path), f"not an image file ({path.suffix or 'no extension'})"))
+            continue
+        seen[cls] = seen.get(cls, 0) + 1
+        records.append(Record(source=str(path), label=classes[cls], split=split, path=path))
+    present = {p.name.lower(): p for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else {}
+    notes = []
+    for cls in sorted(classes):
+        if cls not in present:
+            notes.append(f"{folder}: no folder for class {cls!r}")
+        elif not seen.get(cls):
+            notes.append(f"{present[cls]}: class folder holds no images")
+    return records, dropped, notes
