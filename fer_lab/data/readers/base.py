@@ -295,3 +295,18 @@ def scan_class_folders(folder: Path, split: str, classes: "dict[str, int]", data
         elif not seen.get(cls):
             notes.append(f"{present[cls]}: class folder holds no images")
     return records, dropped, notes
+
+
+def peak_and_neutral(n_frames: int, peak: int, neutral: bool) -> tuple[list[int], int | None]:
+    """Frame positions of a neutral-to-apex sequence under the usual protocol (CK+, Oulu-CASIA).
+
+    The last ``peak`` frames carry the sequence's expression and, when ``neutral``, the first frame is a
+    neutral face. The first frame is never also a peak frame: a sequence of 3 frames with ``peak=3`` gives
+    peak frames ``[1, 2]`` and neutral ``0``. Returns ``(peak positions, neutral position or None)``.
+    """
+    if peak < 1:
+        raise ValueError(f"peak must be >= 1, got {peak}")
+    if n_frames < 1:
+        return [], None
+    first = 1 if neutral and n_frames > 1 else 0
+    return list(range(max(first, n_frames - peak), n_frames)), (0 if neutral and n_frames > 1 else None)
