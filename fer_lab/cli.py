@@ -4,6 +4,8 @@
     fer-lab compare --source synth:lab --target synth:wild        # source-only, DANN, CDAN-E and the oracle
     fer-lab notebooks run [--profile smoke] [--device cuda]   # papermill every numbered notebook
     fer-lab methods | backbones | datasets
+    fer-lab data check rafdb:/data/RAF-DB/basic?split=train       # validate a layout, decode every image
+    fer-lab data prepare fer2013:/data/fer2013.csv?split=test --out DIR [--size 112] [--align auto]
 
 Bad arguments end with one line on stderr (``fer-lab: error: ...``) and exit status 2, never a traceback
 (set ``FER_LAB_DEBUG=1`` to see the traceback).
@@ -183,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.set_defaults(func=cmd_notebooks)
     for kind in ("methods", "backbones", "datasets"):
         sub.add_parser(kind, help=f"list the registered {kind}").set_defaults(func=lambda a, k=kind: _list(k))
+    from fer_lab.data.prepare import add_data_parser
+
+    add_data_parser(sub)  # fer-lab data check|prepare SPEC
     return p
 
 

@@ -138,3 +138,6 @@ def load_dataset(spec: str | DatasetSpec, split: str | None = None, defaults: di
 def _ensure_builtin_datasets() -> None:
     """Import the modules that register the built-in datasets (kept lazy to keep ``import fer_lab`` light)."""
     import fer_lab.data.synth  # noqa: F401
+    from fer_lab.data.prepare import register_reader_datasets
+
+    register_reader_datasets()  # one factory per reader in fer_lab/data/readers/ (rafdb:, fer2013:, ...)
