@@ -146,3 +146,174 @@ def make_ckplus(root: Path, quirks: bool = True) -> Truth:
         p.write_text("   5.0000000e+00\n")
         t.dropped[p.name] = "missing"
     return t
+
+
+# -------------------------------------------------------------------------------------------------------- JAFFE
+JAFFE_CODES = {"AN": ANGER, "DI": DISGUST, "FE": FEAR, "HA": HAPPY, "NE": NEUTRAL, "SA": SAD, "SU": SURPRISE}
+JAFFE_EXPRESSERS = ("KA", "KL", "KM", "KR", "MK", "NA")
+
+
+def make_jaffe(root: Path, quirks: bool = True) -> Truth:
+    """``jaffedbase/`` with flat 256x256-like grey TIFFs ``KA.AN1.39.tiff`` (small here), plus README_FIRST.txt.
+
+    Each expresser has one image per code and a second happy sample. ``quirks`` adds a macOS ``._`` file, a
+    TIFF with a malformed name, one with an unknown code, a stray JPEG and a duplicate name in another folder.
+    """
+    t = Truth(root)
+    base = root / "jaffedbase"
+    image_id = 1
+    for e, who in enumerate(JAFFE_EXPRESSERS):
+        for c, (code, label) in enumerate(JAFFE_CODES.items()):
+            for sample in ((1, 2) if code == "HA" else (1,)):
+                name = f"{who}.{code}{sample}.{image_id}.tiff"
+                write_image(base / name, (16, 16), "L", seed=image_id, fmt="TIFF")
+                t.faces[name] = label
+                t.subjects[name] = who
+                image_id += 1
+    (base / "README_FIRST.txt").write_text("JAFFE documentation\n")
+    if quirks:
+        (base / "._KA.AN1.1.tiff").write_bytes(b"\0\5\26\7AppleDouble")
+        t.dropped["._KA.AN1.1.tiff"] = "hidden"
+        write_image(base / "KA-AN1-999.tiff", fmt="TIFF")
+        t.dropped["KA-AN1-999.tiff"] = "name does not follow"
+        write_image(base / "KA.XX1.998.tiff", fmt="TIFF")
+        t.dropped["KA.XX1.998.tiff"] = "not a JAFFE code"
+        write_image(base / "preview.jpg")
+        t.dropped["preview.jpg"] = "not a JAFFE TIFF"
+        write_image(root / "jaffedbase_copy" / "KL.SU1.16.tiff", (16, 16), fmt="TIFF")
+        assert "KL.SU1.16.tiff" in t.faces
+        t.dropped["jaffedbase_copy/KL.SU1.16.tiff"] = "duplicate of"
+    return t
+
+
+# --------------------------------------------------------------------------------------------------------- SFEW
+SFEW_CLASSES = {"Angry": ANGER, "Disgust": DISGUST, "Fear": FEAR, "Happy": HAPPY, "Neutral": NEUTRAL,
+                "Sad": SAD, "Surprise": SURPRISE}
+
+
+def make_sfew(root: Path, quirks: bool = True, val_folder: str = "Val/Val_Aligned_Faces") -> Truth:
+    """``Train/Train_Aligned_Faces/<Class>/<Movie>_<frame>_<n>.png`` and the same for Val (2 and 1 per class),
+    plus an unlabelled ``Test/Test_Aligned_Faces/`` (not read). ``val_folder`` places Val elsewhere (e.g. the
+    ``Val_Aligned_Faces_new`` name of its archive). ``quirks``: a Thumbs.db in a class folder, an image in an
+    unknown folder, a lower-case class folder name, an empty Fear folder in Val."""
+    t = Truth(root)
+    t.extra["train"], t.extra["val"] = {}, {}
+    k = 0
+    for split, folder, per in (("train", "Train/Train_Aligned_Faces", 2), ("val", val_folder, 1)):
+        for cls, label in SFEW_CLASSES.items():
+            d = root / folder / (cls.lower() if quirks and cls == "Sad" and split == "train" else cls)
+            if quirks and split == "val" and cls == "Fear":
+                d.mkdir(parents=True, exist_ok=True)
+                continue
+            for n in range(per):
+                k += 1
+                name = f"Movie{k}_{k * 1000:09d}_{n + 1:08d}.png"
+                write_image(d / name, (14, 18), "RGB", seed=k)
+                t.extra[split][name] = label
+    write_image(root / "Test" / "Test_Aligned_Faces" / "Airheads_000519240_00000005.png", seed=99)
+    if quirks:
+        (root / "Train" / "Train_Aligned_Faces" / "Happy" / "Thumbs.db").write_bytes(b"\0" * 16)
+        t.dropped["Thumbs.db"] = "not an image file"
+        write_image(root / "Train" / "Train_Aligned_Faces" / "Contempt" / "Film_000000001_00000001.png")
+        t.dropped["Contempt"] = "not a SFEW class"
+    t.faces = {**t.extra["train"], **t.extra["val"]}
+    return t
+
+
+# --------------------------------------------------------------------------------------------------- Oulu-CASIA
+OULU_CLASSES = {"Anger": ANGER, "Disgust": DISGUST, "Fear": FEAR, "Happiness": HAPPY, "Sadness": SAD,
+                "Surprise": SURPRISE}
+
+
+def make_oulu(root: Path, subjects: int = 4, frames: int = 6, quirks: bool = True) -> Truth:
+    """``OriginalImg/{VL,NI}/Strong/Pnnn/<Expression>/nnn.jpeg``, ``frames`` frames per sequence; also a
+    ``VL/Weak`` recording for one subject. Truth (``faces``: path relative to the recording folder) for
+    ``peak=3, neutral=True`` in VL/Strong. ``quirks``: a 2-frame sequence, an empty sequence folder, a
+    ``Thumbs.db``, an unknown expression folder."""
+    t = Truth(root)
+    for mod in ("VL", "NI"):
+        for p in range(1, subjects + 1):
+            subj = f"P{p:03d}"
+            for cls, label in OULU_CLASSES.items():
+                n = 2 if quirks and mod == "VL" and p == 1 and cls == "Fear" else frames
+                for f in range(n):
+                    write_image(root / "OriginalImg" / mod / "Strong" / subj / cls / f"{f:03d}.jpeg",
+                                (16, 12), "RGB" if mod == "VL" else "L", seed=p * 100 + f, fmt="JPEG")
+                    if mod == "VL" and (f == 0 or f >= max(1, n - 3)):
+                        t.faces[f"{subj}/{cls}/{f:03d}.jpeg"] = NEUTRAL if f == 0 else label
+                        t.subjects[f"{subj}/{cls}/{f:03d}.jpeg"] = subj
+    for f in range(frames):
+        write_image(root / "OriginalImg" / "VL" / "Weak" / "P001" / "Happiness" / f"{f:03d}.jpeg", seed=f, fmt="JPEG")
+    if quirks:
+        vl = root / "OriginalImg" / "VL" / "Strong"
+        (vl / "P002" / "Surprise" / "Thumbs.db").write_bytes(b"\0" * 8)
+        t.dropped["P002/Surprise/Thumbs.db"] = "not an image file"
+        (vl / "P003" / "Sadness_old").mkdir()
+        t.dropped["P003/Sadness_old"] = "not an Oulu-CASIA expression"
+        write_image(vl / "P003" / "Sadness_old" / "000.jpeg", fmt="JPEG")
+        (vl / "P004" / "Contempt").mkdir()
+        t.dropped["P004/Contempt"] = "not an Oulu-CASIA expression"
+        (vl / "P005" / "Anger").mkdir(parents=True)
+        t.dropped["P005/Anger"] = "holds no frames"
+    return t
+
+
+# --------------------------------------------------------------------------------------------------------- KDEF
+KDEF_CODES = {"AF": FEAR, "AN": ANGER, "DI": DISGUST, "HA": HAPPY, "NE": NEUTRAL, "SA": SAD, "SU": SURPRISE}
+KDEF_ANGLES = ("S", "HL", "HR", "FL", "FR")
+
+
+def make_kdef(root: Path, people: tuple[str, ...] = ("F01", "F02", "M01", "M02", "M03"),
+              quirks: bool = True) -> Truth:
+    """``KDEF_and_AKDEF/KDEF/<AF01>/<AF01ANS>.JPG``: both sessions, all 7 expressions and 5 angles.
+    ``faces`` holds every file name with its label (the tests filter by angle). ``quirks``: a misnamed file,
+    a ``.txt`` note, a macOS ``._`` file."""
+    t = Truth(root)
+    base = root / "KDEF_and_AKDEF" / "KDEF"
+    k = 0
+    for session in "AB":
+        for who in people:
+            for code, label in KDEF_CODES.items():
+                for angle in KDEF_ANGLES:
+                    k += 1
+                    name = f"{session}{who}{code}{angle}.JPG"
+                    write_image(base / f"{session}{who}" / name, (12, 16), "RGB", seed=k, fmt="JPEG")
+                    t.faces[name] = label
+                    t.subjects[name] = who
+    (root / "KDEF_and_AKDEF" / "ReadThisFirst.txt").write_text("KDEF\n")
+    if quirks:
+        write_image(base / "AF01" / "AF01ANS_copy.JPG", fmt="JPEG")
+        t.dropped["AF01ANS_copy.JPG"] = "name does not follow"
+        (base / "AF01" / "._AF01ANS.JPG").write_bytes(b"\0\5\26\7")
+        t.dropped["._AF01ANS.JPG"] = "hidden"
+    return t
+
+
+# ---------------------------------------------------------------------------------------------------------- MMA
+MMA_CLASSES = {"angry": ANGER, "disgust": DISGUST, "fear": FEAR, "happy": HAPPY, "neutral": NEUTRAL, "sad": SAD,
+               "surprise": SURPRISE}
+
+
+def make_mma(root: Path, quirks: bool = True) -> Truth:
+    """``MMAFEDB/{train,valid,test}/<class>/<n>.jpg`` (48x48 in the original; 8x8 here), 3/1/2 per class.
+    ``extra[split]`` maps each file (relative to MMAFEDB) to its label. ``quirks``: an image directly in
+    ``train/``, an ``.ipynb_checkpoints`` folder, a ``desktop.ini``."""
+    t = Truth(root)
+    k = 0
+    for split, folder, per in (("train", "train", 3), ("val", "valid", 1), ("test", "test", 2)):
+        t.extra[split] = {}
+        for cls, label in MMA_CLASSES.items():
+            for n in range(per):
+                k += 1
+                rel = f"{folder}/{cls}/{k}.jpg"
+                write_image(root / "MMAFEDB" / rel, (8, 8), "L" if k % 2 else "RGB", seed=k, fmt="JPEG")
+                t.extra[split][rel] = label
+    if quirks:
+        write_image(root / "MMAFEDB" / "train" / "stray.jpg", fmt="JPEG")
+        t.dropped["train/stray.jpg"] = "not inside a class folder"
+        write_image(root / "MMAFEDB" / "train" / ".ipynb_checkpoints" / "1-checkpoint.jpg", fmt="JPEG")
+        t.dropped[".ipynb_checkpoints"] = "hidden"
+        (root / "MMAFEDB" / "test" / "happy" / "desktop.ini").write_text("[.ShellClassInfo]\n")
+        t.dropped["desktop.ini"] = "not an image file"
+    t.faces = {k: v for s in ("train", "val", "test") for k, v in t.extra[s].items()}
+    return t
