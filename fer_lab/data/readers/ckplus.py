@@ -12,9 +12,10 @@ that reason. Native ids: 0 neutral, 1 anger, 2 contempt, 3 disgust, 4 fear, 5 ha
 Contempt sequences are left out (contempt is not one of the 7 classes). Following the usual protocol, the last
 ``peak`` frames up to the labelled frame carry the sequence's label and the first frame is a neutral face.
 
-The 68 landmarks of each frame are reduced to the 5 of :data:`fer_lab.labels.LANDMARKS` (eye centres = mean of
-the 6 contour points of each eye, nose tip = point 30, mouth corners = points 48 and 54, 0-based); the 68 points
-stay in ``Record.extra["landmarks68"]``. CK+ has no official split: see :class:`SubjectSplit`.
+The 68 landmarks of each frame are reduced to the 5 of :data:`fer_lab.labels.LANDMARKS` by
+:func:`fer_lab.data.align.five_from_68` (eye centres = mean of the 6 contour points of each eye, nose tip =
+point 30, mouth corners = points 48 and 54, 0-based); the 68 points stay in ``Record.extra["landmarks68"]``.
+Frames whose landmark file is missing or broken keep no landmarks (a note says so) and the aligner detects them. CK+ has no official split: see :class:`SubjectSplit`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_lab.data.align import five_from_68
 from fer_lab.data.readers.base import (
     READERS, Dropped, Manifest, ReaderError, Record, SubjectSplit, check_split, is_hidden, peak_and_neutral,
 )
@@ -44,18 +46,6 @@ LANDMARK_DIRS = ("Landmarks", "Landmarks/Landmarks")
 
 _FRAME = re.compile(r"^(S\d+)_(\d+)_(\d+)\.png$", re.IGNORECASE)
 _EMOTION = re.compile(r"^(S\d+)_(\d+)_(\d+)_emotion\.txt$", re.IGNORECASE)
-
-
-def five_from_68(points68: np.ndarray) -> np.ndarray:
-    """The five landmarks of :data:`fer_lab.labels.LANDMARKS` from the 68-point (iBUG / CK+ AAM) layout.
-
-    Points 36-41 are the eye seen at smaller x on a frontal, unflipped face (the subject's right eye), so they
-    give ``left_eye``; 42-47 give ``right_eye``; 30 is the nose tip; 48 and 54 are the mouth corners.
-    """
-    p = np.asarray(points68, dtype=np.float32)
-    if p.shape != (68, 2):
-        raise ValueError(f"expected [68, 2] landmarks, got {p.shape}")
-    return np.stack([p[36:42].mean(0), p[42:48].mean(0), p[30], p[48], p[54]]).astype(np.float32)
 
 
 def _first_dir(root: Path, names: tuple[str, ...]) -> Path | None:
@@ -215,5 +205,6 @@ def scan(root: Path, split: str = "train", *, peak: int = 3, neutral: bool = Tru
                           f"{root}: no labelled CK+ sequence found")
     records = splitter.apply(records, split, root, NAME)
     notes.append(splitter.describe())
-    align = "landmarks" if all(r.landmarks is not None for r in records) else "auto"
+    # faces without landmarks fall back to detection in prepare (landmarks -> bbox -> mtcnn, per face)
+    align = "landmarks" if any(r.landmarks is not None for r in records) else "mtcnn"
     return Manifest(NAME, root, split, records, dropped, align=align, notes=notes)

@@ -5,7 +5,7 @@ import pytest
 from replicas_lab import ANGER, NEUTRAL, SURPRISE, make_ckplus, truncate
 
 from fer_lab.data.readers import READERS, ReaderError, read_image
-from fer_lab.data.readers.ckplus import five_from_68, read_landmarks68, scan
+from fer_lab.data.readers.ckplus import read_landmarks68, scan
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,8 @@ def test_subjects_and_landmarks_reduced_to_five(replica):
             continue
         np.testing.assert_allclose(r.landmarks, replica.landmarks[name], atol=1e-4)
         assert r.extra["landmarks68"].shape == (68, 2)
-    assert m.align == "auto"  # one frame has a broken landmark file
+    assert m.align == "landmarks"  # the frame with a broken landmark file falls back to detection in prepare
+    assert scan(replica.root, "all", folds=3, landmarks=False).align == "mtcnn"
     assert any("no usable landmarks" in n and "S011_001_00000005_landmarks.txt" in n for n in m.notes)
 
 
@@ -127,12 +128,8 @@ def test_corrupt_frame_fails_at_decode_naming_the_file(tmp_path):
         read_image(rec)
 
 
-def test_five_from_68_and_landmark_file_format(tmp_path):
+def test_landmark_file_format(tmp_path):
     p = np.arange(136, dtype=np.float32).reshape(68, 2)
-    five = five_from_68(p)
-    np.testing.assert_allclose(five[0], p[36:42].mean(0))
-    np.testing.assert_allclose(five[1], p[42:48].mean(0))
-    np.testing.assert_allclose(five[2:], p[[30, 48, 54]])
     f = tmp_path / "x_landmarks.txt"
     f.write_text("".join(f"   {x:.7e}   {y:.7e}\n" for x, y in p))
     np.testing.assert_allclose(read_landmarks68(f), p)
