@@ -317,3 +317,12 @@ def make_mma(root: Path, quirks: bool = True) -> Truth:
         t.dropped["desktop.ini"] = "not an image file"
     t.faces = {k: v for s in ("train", "val", "test") for k, v in t.extra[s].items()}
     return t
+
+
+def prepared_labels(spec: str) -> tuple[dict[str, int], object]:
+    """Load a spec through :func:`fer_lab.data.spec.load_dataset` (scan, align, cache) and return
+    ``({source relative to the dataset root: label}, FaceArrays)``."""
+    from fer_lab.data.spec import load_dataset
+
+    data = load_dataset(spec)
+    return dict(zip(data.meta["sources"], (int(v) for v in data.labels))), data

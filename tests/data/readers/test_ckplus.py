@@ -136,3 +136,44 @@ def test_landmark_file_format(tmp_path):
     f.write_text("   1.0e+00   2.0e+00\n")
     with pytest.raises(ReaderError, match="x_landmarks.txt: expected 68"):
         read_landmarks68(f)
+
+
+def test_load_dataset_end_to_end_with_landmark_alignment(tmp_path, monkeypatch):
+    from replicas_lab import prepared_labels
+
+    from fer_lab.data.align import reference_landmarks
+
+    monkeypatch.setenv("FER_LAB_CACHE", str(tmp_path / "cache"))
+    t = make_ckplus(tmp_path / "ck", quirks=False)
+    spec = f"ckplus:{t.root}?split=test&size=32&folds=3"
+    labels, data = prepared_labels(spec)
+    test = scan(t.root, "test", folds=3)
+    assert len(labels) == len(test) > 0
+    assert {Path(k).name: v for k, v in labels.items()} == {Path(r.source).name: t.faces[Path(r.source).name]
+                                                            for r in test.records}
+    assert data.images.shape[1:] == (32, 32, 3) and data.meta["methods"] == {"landmarks": len(test)}
+    # warped by the dataset's own 5 points: they land near the template
+    assert np.abs(data.landmarks - reference_landmarks(32)).max() < 4
+    assert sorted(data.meta["subjects"]) == sorted({r.subject for r in test.records})
+    again, _ = prepared_labels(spec)  # from the cache
+    assert again == labels
+
+
+def test_cli_data_check_and_prepare(tmp_path, capsys):
+    from fer_lab.cli import main
+    from fer_lab.data.store import FaceArrays
+
+    t = make_ckplus(tmp_path / "ck")
+    spec = f"ckplus:{t.root}?split=all&folds=3"
+    assert main(["data", "check", spec, "--no-progress", "--verbose"]) == 0
+    out = capsys.readouterr().out
+    assert "ckplus [all]" in out and "contempt" in out and "no emotion label" in out
+    assert f"decoded {len(t.faces)} of {len(t.faces)} images" in out
+    truncate(t.root / "cohn-kanade-images" / "S022" / "001" / "S022_001_00000005.png")
+    assert main(["data", "check", spec, "--no-progress"]) == 1
+    assert "unreadable: " in capsys.readouterr().out
+    assert main(["data", "prepare", spec, "--out", str(tmp_path / "store"), "--size", "24", "--no-progress"]) == 0
+    store = FaceArrays.load(tmp_path / "store")
+    assert len(store) == len(t.faces) - 2  # the truncated frame, and the landmark-less frame the detector misses
+    assert any("S022_001_00000005.png" in u for u in store.meta["unreadable"])
+    assert any("S011_001_00000005.png" in u for u in store.meta["no_face"])

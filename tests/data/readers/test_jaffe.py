@@ -72,3 +72,27 @@ def test_bad_roots(tmp_path):
     (tmp_path / "jaffedbase" / "README_FIRST.txt").write_text("x")
     with pytest.raises(ReaderError, match=f"^{tmp_path}: no JAFFE images"):
         scan(tmp_path, "train", protocol="transductive")
+
+
+def test_load_dataset_end_to_end(tmp_path, monkeypatch):
+    from replicas_lab import prepared_labels
+
+    monkeypatch.setenv("FER_LAB_CACHE", str(tmp_path / "cache"))
+    t = make_jaffe(tmp_path / "jaffe")
+    labels, data = prepared_labels(f"jaffe:{t.root}?split=test&size=32&align=whole&folds=3&fold=1")
+    expected = {f"jaffedbase/{r.path.name}": t.faces[r.path.name]
+                for r in scan(t.root, "test", folds=3, fold=1).records}
+    assert labels == expected and data.images.shape == (len(expected), 32, 32, 3)
+    assert len(data.meta["dropped"]) == len(t.dropped)
+
+
+def test_detector_lists_images_without_a_face(tmp_path, monkeypatch):
+    """Random-noise replicas have no face: the default (MTCNN) alignment lists every one, none is kept."""
+    from replicas_lab import prepared_labels
+
+    monkeypatch.setenv("FER_LAB_CACHE", str(tmp_path / "cache"))
+    t = make_jaffe(tmp_path / "jaffe", quirks=False)
+    labels, data = prepared_labels(f"jaffe:{t.root}?split=test&size=32&folds=3")
+    n = len(scan(t.root, "test", folds=3))
+    assert labels == {} and len(data.meta["no_face"]) == n
+    assert all("no face found (mtcnn)" in line for line in data.meta["no_face"])

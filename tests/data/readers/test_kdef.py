@@ -61,3 +61,17 @@ def test_drops_and_errors(replica, tmp_path):
     (tmp_path / "KDEF").mkdir()
     with pytest.raises(ReaderError, match="no KDEF images"):
         scan(tmp_path)
+
+
+def test_load_dataset_end_to_end(tmp_path, monkeypatch):
+    import numpy as np
+    from replicas_lab import prepared_labels
+
+    monkeypatch.setenv("FER_LAB_CACHE", str(tmp_path / "cache"))
+    t = make_kdef(tmp_path / "kdef", people=("F01", "M01"), quirks=False)
+    labels, data = prepared_labels(f"kdef:{t.root}?split=all&size=32&align=whole&folds=2&angle=S,FR")
+    assert {Path(k).name: v for k, v in labels.items()} == {k: v for k, v in t.faces.items()
+                                                            if k.endswith(("S.JPG", "FR.JPG"))}
+    yaw = dict(zip((Path(s).name for s in data.meta["sources"]), data.pose[:, 0].tolist()))
+    assert yaw["AF01HAFR.JPG"] == 90.0 and yaw["BM01NES.JPG"] == 0.0
+    assert np.isfinite(data.pose).all()

@@ -50,3 +50,22 @@ def test_bad_layouts(tmp_path):
         scan(tmp_path, "val")
     with pytest.raises(ReaderError, match="no MMA images found"):
         scan(tmp_path, "train")
+
+
+def test_load_dataset_end_to_end(tmp_path, monkeypatch):
+    from replicas_lab import prepared_labels
+
+    monkeypatch.setenv("FER_LAB_CACHE", str(tmp_path / "cache"))
+    t = make_mma(tmp_path / "mma")
+    labels, data = prepared_labels(f"mma:{t.root}?split=test&size=32")
+    assert {k.removeprefix("MMAFEDB/"): v for k, v in labels.items()} == t.extra["test"]
+    assert data.meta["methods"] == {"whole": len(t.extra["test"])}
+
+
+def test_cli_check_reports_counts(tmp_path, capsys):
+    from fer_lab.cli import main
+
+    t = make_mma(tmp_path / "mma")
+    assert main(["data", "check", f"mma:{t.root}?split=train", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "mma [train]" in out and "not inside a class folder" in out and "decoded 21 of 21" in out

@@ -65,3 +65,15 @@ def test_bad_roots(tmp_path):
         scan(tmp_path / "nope")
     with pytest.raises(ReaderError, match=f"^{tmp_path}: no OriginalImg/"):
         scan(tmp_path)
+
+
+def test_load_dataset_end_to_end(tmp_path, monkeypatch):
+    from replicas_lab import prepared_labels
+
+    monkeypatch.setenv("FER_LAB_CACHE", str(tmp_path / "cache"))
+    t = make_oulu(tmp_path / "oulu", subjects=2, frames=4, quirks=False)
+    labels, data = prepared_labels(f"oulu:{t.root}?split=train&size=32&align=whole&protocol=transductive")
+    prefix = "OriginalImg/VL/Strong/"
+    assert {k.removeprefix(prefix): v for k, v in labels.items()} == t.faces
+    assert sorted(data.meta["subjects"]) == ["P001", "P002"]
+    assert set(data.subject.tolist()) == {0, 1}

@@ -67,3 +67,14 @@ def test_bad_layouts(tmp_path):
         scan(tmp_path, "test")
     with pytest.raises(ReaderError, match="no SFEW images found for split 'train'"):
         scan(tmp_path, "train")
+
+
+def test_load_dataset_end_to_end(tmp_path, monkeypatch):
+    from replicas_lab import prepared_labels
+
+    monkeypatch.setenv("FER_LAB_CACHE", str(tmp_path / "cache"))
+    t = make_sfew(tmp_path / "sfew")
+    labels, data = prepared_labels(f"sfew:{t.root}?split=test&size=32&align=whole")
+    assert {Path(k).name: v for k, v in labels.items()} == t.extra["val"]
+    assert all(k.startswith("Val/Val_Aligned_Faces/") for k in labels)
+    assert data.meta["split"] == "test" and data.images.shape[1:] == (32, 32, 3)
