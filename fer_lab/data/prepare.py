@@ -79,8 +79,9 @@ _FALLBACK = {"landmarks": "bbox", "bbox": "mtcnn"}
 class Aligner(Protocol):
     """What :func:`prepare` needs from an aligner (:class:`fer_lab.data.align.FaceAligner` is one)."""
 
-    def align(self, image: np.ndarray, landmarks: np.ndarray | None = None,
-              box: tuple[float, float, float, float] | None = None, mode: str = "auto") -> Any: ...
+    def align_batch(self, images: Sequence[np.ndarray], landmarks: Sequence[np.ndarray | None] | None = None,
+                    boxes: Sequence[tuple[float, float, float, float] | None] | None = None, mode: str = "auto",
+                    ) -> list[Any]: ...
 
 
 # -- scanning ------------------------------------------------------------------------------------------------
@@ -229,31 +230,34 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def _align_chunk(records: Sequence[Record], aligner: Aligner, size: int, mode: str) -> dict[str, np.ndarray]:
+    """Decode and align one chunk; faces sharing a mode go through one ``align_batch`` call (batched detection)."""
     n = len(records)
     images = np.zeros((n, size, size, 3), np.uint8)
     landmarks = np.zeros((n, NUM_LANDMARKS, 2), np.float32)
     status = np.zeros((n,), np.int8)            # 1 aligned, 0 no face, -1 unreadable
-    methods, notes = [], []
+    methods = [""] * n
+    notes = [""] * n
+    decoded: dict[int, np.ndarray] = {}
+    groups: dict[str, list[int]] = {}
     for i, rec in enumerate(records):
-        m = _record_mode(rec, mode)
         try:
-            img = read_image(rec)
+            decoded[i] = read_image(rec)
         except ReaderError as e:
-            status[i] = -1
-            methods.append("")
-            notes.append(str(e))
+            status[i], notes[i] = -1, str(e)
             continue
-        face = aligner.align(img, landmarks=rec.landmarks, box=rec.box, mode=m)
-        if face is None:
-            status[i] = 0
-            methods.append(m)
-            notes.append(f"{rec.source}: no face found ({m})")
-            continue
-        if face.image.shape != (size, size, 3):
-            raise ValueError(f"{rec.source}: aligner returned {face.image.shape}, expected {(size, size, 3)}")
-        images[i], landmarks[i], status[i] = face.image, face.landmarks, 1
-        methods.append(face.method)
-        notes.append("")
+        groups.setdefault(_record_mode(rec, mode), []).append(i)
+    for m, idx in groups.items():
+        faces = aligner.align_batch([decoded[i] for i in idx], [records[i].landmarks for i in idx],
+                                    [records[i].box for i in idx], mode=m)
+        for i, face in zip(idx, faces):
+            methods[i] = m
+            if face is None:
+                notes[i] = f"{records[i].source}: no face found ({m})"
+                continue
+            if face.image.shape != (size, size, 3):
+                raise ValueError(f"{records[i].source}: aligner returned {face.image.shape}, expected "
+                                 f"{(size, size, 3)}")
+            images[i], landmarks[i], status[i], methods[i] = face.image, face.landmarks, 1, face.method
     return {"images": images, "landmarks": landmarks, "status": status,
             "methods": np.array(methods, dtype=object), "notes": np.array(notes, dtype=object)}
 
