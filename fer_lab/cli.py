@@ -51,6 +51,7 @@ def _add_run_args(p: argparse.ArgumentParser, with_method: bool = True) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--out-dir", default=None)
     p.add_argument("--resume", action="store_true", help="continue from out-dir's checkpoint if there is one")
+    p.add_argument("--init-from", default=None, help="start from the method weights of this run folder")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--hp", type=_hparam, action="append", default=[], metavar="KEY=VALUE",
                    help="method hyper-parameter override (repeatable)")
@@ -65,7 +66,7 @@ def _config(args: argparse.Namespace, **override: Any) -> TrainConfig:
         image_size=args.image_size, n_train=args.n_train, n_test=args.n_test, eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, lr_schedule=args.lr_schedule,
         augment=not args.no_augment, seed=args.seed, device=args.device, out_dir=args.out_dir,
-        resume=args.resume, progress=not args.no_progress, hparams=dict(args.hp),
+        resume=args.resume, init_from=args.init_from, progress=not args.no_progress, hparams=dict(args.hp),
     )
     values.update(override)
     return TrainConfig(**values)

@@ -61,6 +61,7 @@ class TrainConfig:
     device: str = "cpu"
     out_dir: str | None = None
     resume: bool = False
+    init_from: str | None = None        # run folder (or checkpoint.pt) whose method weights start this run
     progress: bool = True
     hparams: dict[str, Any] = field(default_factory=dict)
 

@@ -137,6 +137,10 @@ class Trainer:
             self.eval_sets["source"] = load_split(cfg, cfg.source[0], "test", 0)
         aug = Augment.weak() if cfg.augment else None
         strong = Augment.strong() if getattr(self.method, "wants_strong_view", False) else None
+        self.method.setup_data([len(d) for d in self.sources], len(self.target) if self.target is not None else None,
+                               cfg.batch_size)
+        if cfg.init_from:
+            self.method.load_state_dict(load_method_state(cfg.init_from))
         self.source_streams = [BatchStream(d, cfg.batch_size, cfg.seed, i, aug) for i, d in enumerate(self.sources)]
         self.target_stream = (BatchStream(self.target, cfg.batch_size, cfg.seed, 1000, aug, strong)
                               if self.target is not None else None)
@@ -262,6 +266,16 @@ def train(config: TrainConfig | None = None, callbacks: Sequence[Callback] = (),
     if overrides:
         cfg = TrainConfig(**{**cfg.to_dict(), **overrides})
     return Trainer(cfg, callbacks).fit()
+
+
+def load_method_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The method weights of a run folder's checkpoint (or of a ``checkpoint.pt`` file), to initialise a new run
+    (``TrainConfig.init_from``: e.g. AGLRLS stage 2 from a shared stage-1 run)."""
+    path = Path(path)
+    file = path / "checkpoint.pt" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no checkpoint to initialise from (init_from={str(path)!r})")
+    return torch.load(file, map_location="cpu", weights_only=True)["method"]
 
 
 def load_run(out_dir: str | os.PathLike, device: str = "cpu") -> tuple[Method, TrainConfig]:

@@ -151,6 +151,10 @@ class Method(nn.Module):
         self.optimizer.step()
 
     # -- the contract ---------------------------------------------------------------------------------------
+    def setup_data(self, source_sizes: Sequence[int], target_size: int | None, batch_size: int) -> None:
+        """Called by the trainer once the data is loaded (sizes only); methods with per-sample state (e.g. a
+        pseudo-label store) size it here. The default does nothing."""
+
     def update(self, source: SourceInput, target: Batch | None, progress: float) -> dict[str, float]:
         raise NotImplementedError
 
