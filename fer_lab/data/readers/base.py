@@ -183,8 +183,9 @@ class SubjectSplit:
     never appear in two splits, and the assignment depends only on the set of subject ids and the seed.
     ``folds=10`` with ``fold=0..9`` gives the 10-fold cross-validation of the literature.
 
-    ``protocol="transductive"``: every split holds every face. This is what the CD-FER benchmark does for
-    JAFFE and Oulu-CASIA, reading the same list as target-train (unlabelled) and target-test.
+    ``protocol="transductive"``: every split holds every face (``all``: each face once, tagged ``"train"``).
+    This is what the CD-FER benchmark does for JAFFE and Oulu-CASIA, reading the same list as target-train
+    (unlabelled) and target-test.
     """
 
     protocol: str = "subject"
