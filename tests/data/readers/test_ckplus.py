@@ -177,3 +177,28 @@ def test_cli_data_check_and_prepare(tmp_path, capsys):
     assert len(store) == len(t.faces) - 2  # the truncated frame, and the landmark-less frame the detector misses
     assert any("S022_001_00000005.png" in u for u in store.meta["unreadable"])
     assert any("S011_001_00000005.png" in u for u in store.meta["no_face"])
+
+
+def test_peak_and_neutral_frame_positions():
+    from fer_lab.data.readers.base import peak_and_neutral
+
+    assert peak_and_neutral(10, 3, True) == ([7, 8, 9], 0)
+    assert peak_and_neutral(3, 3, True) == ([1, 2], 0)      # the first frame is never also a peak frame
+    assert peak_and_neutral(3, 3, False) == ([0, 1, 2], None)
+    assert peak_and_neutral(1, 3, True) == ([0], None)      # a single frame is the apex, no neutral
+    assert peak_and_neutral(0, 3, True) == ([], None)
+    with pytest.raises(ValueError):
+        peak_and_neutral(5, 0, True)
+
+
+def test_subject_folds_are_balanced_and_seeded():
+    from fer_lab.data.readers.base import SubjectSplit
+
+    ids = [f"S{i:03d}" for i in range(23)]
+    folds = [SubjectSplit(folds=5, fold=f).assign(ids) for f in range(5)]
+    tests = [{s for s, v in a.items() if v == "test"} for a in folds]
+    assert sorted(len(t) for t in tests) == [4, 4, 5, 5, 5] and set().union(*tests) == set(ids)
+    assert SubjectSplit(folds=5).assign(reversed(ids)) == folds[0]   # order of discovery does not matter
+    assert SubjectSplit(folds=5, seed=1).assign(ids) != folds[0]
+    val = SubjectSplit(folds=5, fold=4, val_folds=2).assign(ids)
+    assert {s for s, v in val.items() if v == "val"} == tests[0] | tests[1]  # the folds after 4, cyclically
