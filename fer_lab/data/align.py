@@ -31,8 +31,13 @@ Detection on face crops
     point is then within about 0.1 interocular distance. Upscaling small images instead of padding them did
     not help (MTCNN's 12-pixel P-net window already sees a 48-pixel face at several pyramid scales), so small
     images are not upscaled: a 48 x 48 FER2013 face becomes a 96 x 96 detection canvas and is found with the
-    default ``min_face_size=20``. Canvases whose longer side exceeds ``max_detect_side`` are downscaled first.
-    ``"auto"`` treats every image this way, small or not.
+    default ``min_face_size=20``. ``"auto"`` treats every image this way, small or not.
+
+    MTCNN's time goes almost all into its image pyramid (P-net over every scale), i.e. grows with the canvas
+    area, so canvases whose longer side exceeds ``max_detect_side`` (640) are downscaled first: for a 512 x 512
+    photograph (canvas 1024 x 1024) the smallest face searched is then 32 source pixels, a size FER has no use
+    for. Images with small faces in a large scene should come with boxes: with a ``box``, only the box region
+    (padded the same way) is searched.
 
 Speed (CPU): see ``benchmarks/bench_align.py``, which prints faces/s for one-by-one and batched alignment,
 one thread and the default thread count.
@@ -320,14 +325,14 @@ class MTCNNDetector:
         x = torch.as_tensor(images)
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"MTCNN expects [B, H, W, 3] RGB images, got {tuple(x.shape)}")
-        if min(x.shape[1:3]) < 12:  # smaller than the P-net window: no pyramid level at all
+        if min(x.shape[1:3]) < self.min_face_size:  # no pyramid level: no face of min_face_size fits
             return [Detections.empty() for _ in range(len(x))]
         x = x.to(self.device, torch.float32)
         with torch.inference_mode():
             try:
                 boxes, points = self._detect_face(x, self.min_face_size, self.pnet, self.rnet, self.onet,
                                                   list(self.thresholds), self.factor, self.device)
-            except RuntimeError as e:
+            except (RuntimeError, ValueError) as e:
                 # detect_face concatenates the R/O-net crops of the surviving candidates; when every candidate
                 # box lies outside the image that list is empty, which means no face.
                 if "non-empty" not in str(e):
@@ -439,7 +444,7 @@ class FaceAligner:
 
     def __init__(self, size: int = 112, detector: str | None = "mtcnn", device: str = "cpu",
                  min_score: float = 0.9, *, min_face_size: int = 20, detect_pad: float = 0.5,
-                 max_detect_side: int = 1024, bbox_margin: float = 0.1, batch_size: int = 32,
+                 max_detect_side: int = 640, bbox_margin: float = 0.1, batch_size: int = 32,
                  resample: str = "bilinear") -> None:
         if int(size) != size or size < 8:
             raise ValueError(f"size must be an integer >= 8, got {size!r}")
