@@ -520,7 +520,10 @@ class FaceAligner:
             if m == "landmarks":
                 if lms[i] is None:
                     raise ValueError(f"image {i}: mode 'landmarks' needs landmarks")
-                out[i] = self._from_landmarks(imgs[i], _check_landmarks(lms[i]), "landmarks", 1.0, bxs[i])
+                try:
+                    out[i] = self._from_landmarks(imgs[i], _check_landmarks(lms[i]), "landmarks", 1.0, bxs[i])
+                except ValueError as e:
+                    raise ValueError(f"image {i}: {e}") from None
             elif m == "bbox":
                 if bxs[i] is None:
                     raise ValueError(f"image {i}: mode 'bbox' needs a box")

@@ -192,6 +192,8 @@ def test_landmarks_mode_rejects_wrong_points():
         aligner.align(img, landmarks=pts[:4])
     with pytest.raises(ValueError, match="needs landmarks"):
         aligner.align(img, mode="landmarks")
+    with pytest.raises(ValueError, match="image 1: .*coincide"):  # e.g. a dataset's all-zero "missing" points
+        aligner.align_batch([img, img], landmarks=[pts, np.zeros((5, 2))])
 
 
 def test_bbox_mode_crops_the_enlarged_box_like_cd_fer():
