@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
 VENV=${FER_LAB_VENV:-.venv}
-stamp_src=$(cat pyproject.toml requirements/constraints.txt | sha1sum | cut -d' ' -f1)
+stamp_src=$(cat pyproject.toml requirements/constraints.txt requirements/no-deps.txt | sha1sum | cut -d' ' -f1)
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.fer-lab-stamp" 2>/dev/null)" = "$stamp_src" ]; then
   exit 0
 fi
@@ -15,5 +15,7 @@ echo "setting up $VENV with $("$PY" --version) ..." >&2
 # torch first, pinned (a bare 'torch' requirement can pull several GB of a newer build)
 "$VENV/bin/python" -m pip install -q -c requirements/constraints.txt torch torchvision
 "$VENV/bin/python" -m pip install -q -c requirements/constraints.txt -e ".[dev]"
+# packages whose metadata pins an old torch/numpy but whose code works here: without their dependencies
+"$VENV/bin/python" -m pip install -q --no-deps -r requirements/no-deps.txt
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
 echo "$stamp_src" > "$VENV/.fer-lab-stamp"
