@@ -210,6 +210,12 @@ def _manifest_fingerprint(manifest: Manifest) -> str:
     return h.hexdigest()[:16]
 
 
+def _same_plan(arrays: FaceArrays, plan: dict[str, Any]) -> bool:
+    """Whether a finished store was prepared from the same records with the same settings."""
+    done = arrays.meta.get("plan", {})
+    return all(done.get(k) == plan[k] for k in ("fingerprint", "size", "align", "version", "records"))
+
+
 def _chunk_path(work: Path, i: int) -> Path:
     return work / f"chunk_{i:06d}.npz"
 
@@ -306,13 +312,12 @@ def prepare(manifest: Manifest, out: str | os.PathLike, size: int = 112, align: 
     plan = {"version": PREPARE_VERSION, "name": manifest.name, "split": manifest.split, "size": int(size),
             "align": mode, "records": len(manifest), "fingerprint": _manifest_fingerprint(manifest),
             "chunk_size": int(chunk_size)}
-    if out.exists() and not force:
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         try:
             done = FaceArrays.load(out)
         except FileNotFoundError:
-            raise FileExistsError(f"{out}: exists and is not a fer-lab store; choose another --out") from None
-        if done.meta.get("plan", {}).get("fingerprint") == plan["fingerprint"] and \
-                all(done.meta["plan"].get(k) == plan[k] for k in ("size", "align", "version")):
+            raise ValueError(f"{out}: exists and is not a fer-lab store; choose another output folder") from None
+        if not force and _same_plan(done, plan):
             return PrepareResult(done, out, True, time.perf_counter() - t0)
     work = out.with_name(out.name + ".partial")
     plan_file = work / "plan.json"
@@ -341,11 +346,22 @@ def prepare(manifest: Manifest, out: str | os.PathLike, size: int = 112, align: 
         try:
             for i in todo:
                 part = records[i * chunk_size:(i + 1) * chunk_size]
-                _save_chunk(_chunk_path(work, i), _align_chunk(part, aligner, size, mode))
+                chunk = _align_chunk(part, aligner, size, mode)
+                work.mkdir(parents=True, exist_ok=True)   # another process may have finished and cleaned up
+                _save_chunk(_chunk_path(work, i), chunk)
                 bar.update(len(part))
         finally:
             bar.close()
 
+    missing = [i for i in range(n_chunks) if not _chunk_path(work, i).exists()]
+    if missing:   # a concurrent prepare of the same split finished first and removed the partial folder
+        try:
+            done = FaceArrays.load(out)
+        except FileNotFoundError:
+            done = None
+        if done is None or not _same_plan(done, plan):
+            raise RuntimeError(f"{work}: chunk {missing[0]} vanished while preparing; run the prepare again")
+        return PrepareResult(done, out, True, time.perf_counter() - t0)
     chunks = [_load_chunk(_chunk_path(work, i)) for i in range(n_chunks)]
     status = np.concatenate([c["status"] for c in chunks]) if chunks else np.zeros((0,), np.int8)
     methods = [str(m) for c in chunks for m in c["methods"]]

@@ -200,6 +200,12 @@ def test_cli_prepare_writes_a_loadable_store(tmp_path, capsys):
     a = FaceArrays.load(out)
     assert sorted(a.labels.tolist()) == sorted(t.of("train").values())
     assert main(args) == 0 and "already prepared" in capsys.readouterr().out
+    assert main(args + ["--force"]) == 0 and "prepared in" in capsys.readouterr().out
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("mine")
+    assert main(args[:3] + ["--out", str(tmp_path / "junk"), "--no-progress"]) == 2
+    assert "junk: exists and is not a fer-lab store" in capsys.readouterr().err
+    assert (tmp_path / "junk" / "notes.txt").read_text() == "mine"
 
 
 def test_cli_prepare_defaults_to_the_cache_and_lists_datasets(fer_root, capsys):
