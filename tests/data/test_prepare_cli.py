@@ -226,3 +226,18 @@ def test_trainer_runs_on_prepared_real_formats(tmp_path, fer_root):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "| dann" in p.stdout and (tmp_path / "run" / "results.json").exists()
+
+
+def test_detection_end_to_end_on_a_real_photograph(tmp_path):
+    """imagefolder -> MTCNN -> store: the astronaut's face is found and aligned, a blank image is listed."""
+    pytest.importorskip("facenet_pytorch")
+    data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    (tmp_path / "photos" / "happy").mkdir(parents=True)
+    Image.fromarray(data.astronaut()).save(tmp_path / "photos" / "happy" / "astronaut.jpg", quality=95)
+    Image.fromarray(np.full((120, 160, 3), 128, np.uint8)).save(tmp_path / "photos" / "happy" / "wall.png")
+    a = load_dataset(f"imagefolder:{tmp_path / 'photos'}?split=all&size=112")
+    assert len(a) == 1 and a.labels.tolist() == [3] and a.meta["methods"] == {"mtcnn": 1}
+    assert np.abs(a.landmarks[0] - reference_landmarks(112)).max() < 8
+    assert len(a.meta["no_face"]) == 1 and "wall.png: no face found (mtcnn)" in a.meta["no_face"][0]
