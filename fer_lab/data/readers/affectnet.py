@@ -125,4 +125,5 @@ def scan(root: Path, split: str, landmarks: bool = True) -> Manifest:
                                       extra=extra))
     if len(notes) > 20:
         notes = notes[:20] + [f"... and {len(notes) - 20} more rows with unreadable landmarks"]
-    return Manifest("affectnet", root, split, records, dropped, align="landmarks", notes=notes)
+    return Manifest("affectnet", root, split, records, dropped, align="landmarks" if landmarks else "bbox",
+                    notes=notes)
