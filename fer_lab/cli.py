@@ -2,6 +2,8 @@
 
     fer-lab train --method dann --source synth:lab --target synth:wild --backbone smallcnn --profile smoke
     fer-lab compare --source synth:lab --target synth:wild        # source-only, DANN, CDAN-E and the oracle
+    fer-lab train --method gen_fer --source synth:lab --eval synth:wild,synth:lowres,synth:profile   # no target
+    fer-lab pretrain [--profile smoke]                         # the frozen face encoder gen_fer uses (cached)
     fer-lab notebooks run [--profile smoke] [--device cuda]   # papermill every numbered notebook
     fer-lab methods | backbones | datasets
     fer-lab data check rafdb:/data/RAF-DB/basic?split=train       # validate a layout, decode every image
@@ -83,16 +85,40 @@ def _result_rows(name: str, final: dict[str, dict[str, Any]]) -> list[dict[str, 
     return rows
 
 
+def _domain_generalisation(cfg: TrainConfig) -> TrainConfig | None:
+    """For a method that uses no target data and is given ``--eval`` sets: the domain-generalisation protocol
+    (train on the source(s), evaluate on the source test split and every named domain). The target, when it is
+    also an ``--eval`` set, is evaluated once. ``None`` for any other run."""
+    import dataclasses
+
+    from fer_lab.methods import METHODS
+
+    if METHODS.get(cfg.method).needs_target or not cfg.eval:
+        return None
+    base = lambda s: s.split("?", 1)[0]  # noqa: E731
+    target = None if cfg.target is None or base(cfg.target) in {base(e) for e in cfg.eval} else cfg.target
+    evals = tuple(s for s in cfg.source if base(s) not in {base(e) for e in cfg.eval}) + tuple(cfg.eval)
+    return dataclasses.replace(cfg, target=target, eval=evals)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from fer_lab.evaluate import format_table
+    from fer_lab.evaluate import dg_rows, format_table
     from fer_lab.train import Trainer
 
     cfg = _config(args)
+    dg = _domain_generalisation(cfg)
+    cfg = dg or cfg
     trainer = Trainer(cfg)
     print(f"training {cfg.method} on {cfg.source} -> {cfg.target} ({trainer.cfg.profile} profile, "
           f"{trainer.cfg.steps} steps, {trainer.cfg.image_size}px, out: {trainer.out_dir})", flush=True)
+    if dg:
+        print(f"domain generalisation: no target data; evaluated on {', '.join(cfg.eval)}"
+              + (f" and the target {cfg.target}" if cfg.target else ""), flush=True)
     result = trainer.fit()
     print(format_table(_result_rows(cfg.method, result.final)))
+    if dg and len(result.final) > 1:
+        print(f"\ndomain generalisation ({cfg.method}, trained on {', '.join(cfg.source)} only):")
+        print(format_table(dg_rows(result.final, cfg.source, {"target": cfg.target} if cfg.target else None)))
     print(f"accuracies in %; {result.seconds:.1f} s; results in {result.out_dir / 'results.json'}")
     return 0
 
@@ -121,6 +147,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     (out / "results.md").write_text(f"# {args.source} -> {args.target}\n\nAccuracy (%), seed {args.seed}, "
                                     f"profile {args.profile}.\n\n{table}\n")
     print(f"written: {out / 'results.md'}, {out / 'results.json'}")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Train (or find in the cache) the frozen face encoder / mask-network initialisation."""
+    from fer_lab.pretrain import pretrain
+
+    r = pretrain(args.profile, progress=not args.no_progress, force=args.force)
+    m = r.meta
+    how = f"trained in {r.seconds:.1f} s" if r.built else f"found in the cache ({m['seconds']:.1f} s when built)"
+    print(f"pretrain {r.name}: {r.config.backbone}, {m['dim']}-d features, {m['identities']} identities, "
+          f"{m['images']} images, {r.config.steps} steps; {how}")
+    last = m["last50"]
+    print(f"last 50 steps: identity acc {100 * last['identity_acc']:.1f}%, losses identity {last['identity']:.3f}, "
+          f"landmark {last['landmark']:.4f}, pose {last['pose']:.4f}, contrastive {last.get('contrastive', 0):.3f}")
+    print(f"weights: {r.weights}")
+    print(f"use: --method gen_fer --hp encoder=pretrain:{r.name}   or   --backbone {r.config.backbone} "
+          f"--backbone-weights {r.weights}" if r.name != "custom" else f"use: --backbone-weights {r.weights}")
     return 0
 
 
@@ -176,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--methods", default="source_only,dann,cdan")
     c.add_argument("--no-oracle", action="store_true")
     c.set_defaults(func=cmd_compare)
+    pt = sub.add_parser("pretrain", help="train (once; cached) the frozen face encoder used by gen_fer")
+    pt.add_argument("--profile", default="auto", choices=["auto", "tiny", "smoke", "full"])
+    pt.add_argument("--force", action="store_true", help="train again and replace the cached weights")
+    pt.add_argument("--no-progress", action="store_true")
+    pt.set_defaults(func=cmd_pretrain)
     n = sub.add_parser("notebooks", help="run (papermill), clean or check the numbered notebooks")
     n.add_argument("action", choices=["run", "clean", "check"])
     n.add_argument("paths", nargs="*", help="notebooks to clean/check (default: all numbered ones)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -71,3 +71,59 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None =
     widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
     line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
     return "\n".join([line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
+
+
+# -- domain generalisation ------------------------------------------------------------------------------------------
+def _domain_name(spec: str) -> str:
+    """``synth:wild?n=400`` -> ``synth:wild`` (the table's column / row name)."""
+    return spec.split("?", 1)[0]
+
+
+def dg_summary(final: Mapping[str, Mapping[str, Any]], sources: Sequence[str],
+               aliases: Mapping[str, str] | None = None, metric: str = "acc") -> dict[str, Any]:
+    """Domain-generalisation view of one run's final reports (``RunResult.final`` / ``results.json["final"]``).
+
+    Each evaluation set is *seen* when it is one of the training ``sources`` (compared without ``?`` parameters)
+    and *unseen* otherwise; ``aliases`` renames report keys first (e.g. ``{"target": "synth:wild"}``; the trainer
+    files the target's report under ``target``). Reports of the same domain under two keys are kept once.
+
+    Returns ``{"per_domain": {domain: value}, "seen": [...], "unseen": [...], "mean_unseen": float}`` (NaN when
+    nothing is unseen), domains in report order, seen ones first.
+    """
+    aliases = dict(aliases or {})
+    src = {_domain_name(s) for s in sources}
+    per: dict[str, float] = {}
+    for key, report in final.items():
+        name = _domain_name(aliases.get(key, key))
+        per.setdefault(name, float(report[metric]))
+    seen = [d for d in per if d in src]
+    unseen = [d for d in per if d not in src]
+    per = {d: per[d] for d in seen + unseen}
+    mean = float(np.mean([per[d] for d in unseen])) if unseen else float("nan")
+    return {"per_domain": per, "seen": seen, "unseen": unseen, "mean_unseen": mean}
+
+
+def dg_rows(final: Mapping[str, Mapping[str, Any]], sources: Sequence[str],
+            aliases: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Per-domain rows (domain, role, accuracy, mean class accuracy) and a last row with the mean over the unseen
+    domains, for :func:`format_table`."""
+    acc = dg_summary(final, sources, aliases, "acc")
+    mca = dg_summary(final, sources, aliases, "mean_class_acc")
+    rows: list[dict[str, Any]] = [{"domain": d, "role": "source (seen)" if d in acc["seen"] else "unseen",
+                                   "acc": acc["per_domain"][d], "mean class": mca["per_domain"][d]}
+                                  for d in acc["per_domain"]]
+    rows.append({"domain": "mean over unseen", "role": f"{len(acc['unseen'])} domains", "acc": acc["mean_unseen"],
+                 "mean class": mca["mean_unseen"]})
+    return rows
+
+
+def dg_table_rows(runs: Mapping[str, Mapping[str, Mapping[str, Any]]], sources: Sequence[str],
+                  aliases: Mapping[str, str] | None = None, metric: str = "acc") -> list[dict[str, Any]]:
+    """The paper's layout (Generalizable FER, Table 1): one row per method, the source column(s) first, then each
+    unseen domain, then the mean over the unseen ones. ``runs`` maps a method name to its final reports."""
+    rows = []
+    for name, final in runs.items():
+        s = dg_summary(final, sources, aliases, metric)
+        rows.append({"method": name, **{f"{d} (source)" if d in s["seen"] else d: v
+                                        for d, v in s["per_domain"].items()}, "mean unseen": s["mean_unseen"]})
+    return rows

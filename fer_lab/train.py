@@ -41,6 +41,8 @@ LR_SCHEDULES: dict[str, Callable[[float], float]] = {
     "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * min(p, 1.0))),
     # CD-FER benchmark transfer stage: x1 for the first third, x0.1 after two thirds (approximated on progress)
     "step": lambda p: 1.0 if p < 2 / 3 else 0.1,
+    # Generalizable FER's ExponentialLR(gamma=0.9) stepped once per epoch over 60 epochs, on progress
+    "exp": lambda p: 0.9 ** (60 * min(p, 1.0)),
 }
 
 
