@@ -1,6 +1,5 @@
 from pathlib import Path
 
-import numpy as np
 import pytest
 from replicas import KAGGLE_TO_CANON, make_fer2013, shade
 

@@ -1,6 +1,5 @@
 from pathlib import Path
 
-import numpy as np
 import pytest
 from replicas import FERPLUS_CASES, make_ferplus, shade
 

@@ -39,7 +39,7 @@ def test_flat_layout_needs_split_all(tmp_path):
 
 
 def test_unknown_folder_is_an_error_until_mapped(tmp_path):
-    t = make_imagefolder(tmp_path, splits=("train",), extra_folder="scream")
+    make_imagefolder(tmp_path, splits=("train",), extra_folder="scream")
     with pytest.raises(ReaderError, match="'scream' map to no expression"):
         scan(tmp_path, "train")
     m = scan(tmp_path, "train", classes="scream:drop")
