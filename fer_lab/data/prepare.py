@@ -23,8 +23,8 @@ An explicit ``align=`` applies that mode to every face (still falling back where
 Nothing is dropped silently
 ---------------------------
 * the reader's drops (contempt, unknown, missing files, broken rows, ...) are kept in ``meta["dropped"]``;
-* images that cannot be decoded are skipped and listed with the reason in ``meta["unreadable"]`` and in
-  ``unreadable.txt`` inside the store;
+* images that cannot be decoded, or whose given geometry cannot be used (coinciding landmarks, an empty box),
+  are skipped and listed with the reason in ``meta["unreadable"]`` and in ``unreadable.txt`` inside the store;
 * images where the detector finds no face are listed in ``meta["no_face"]`` and ``no_face.txt``.
 
 Resuming
@@ -253,10 +253,21 @@ def _align_chunk(records: Sequence[Record], aligner: Aligner, size: int, mode: s
             continue
         groups.setdefault(_record_mode(rec, mode), []).append(i)
     for m, idx in groups.items():
-        faces = aligner.align_batch([decoded[i] for i in idx], [records[i].landmarks for i in idx],
-                                    [records[i].box for i in idx], mode=m)
+        try:
+            faces = aligner.align_batch([decoded[i] for i in idx], [records[i].landmarks for i in idx],
+                                        [records[i].box for i in idx], mode=m)
+        except ValueError:   # bad geometry somewhere in the group (coinciding points, empty box): find it
+            faces = []
+            for i in idx:
+                try:
+                    faces += aligner.align_batch([decoded[i]], [records[i].landmarks], [records[i].box], mode=m)
+                except ValueError as e:
+                    faces.append(e)
         for i, face in zip(idx, faces):
             methods[i] = m
+            if isinstance(face, ValueError):
+                status[i], notes[i] = -1, f"{records[i].source}: cannot align ({m}): {face}"
+                continue
             if face is None:
                 notes[i] = f"{records[i].source}: no face found ({m})"
                 continue

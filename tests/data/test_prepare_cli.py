@@ -89,6 +89,17 @@ def test_prepare_landmarks_fall_back_per_face_and_list_unreadable(tmp_path):
     assert a.meta["subjects"] == [] and (a.subject == -1).all() and np.isnan(a.pose).all()
 
 
+def test_unusable_geometry_is_listed_not_a_crash(tmp_path):
+    t = make_rafdb(tmp_path / "raf")
+    (t.root / "Annotation" / "manual" / "train_00002_manu_attri.txt").write_text("10\t10\n" * 5 + "1\n2\n2\n")
+    m = prep.scan_spec(f"rafdb:{t.root}?split=train")
+    a = prep.prepare(m, tmp_path / "store", size=32, progress=False).arrays
+    assert len(a) == len(t.of("train")) - 1
+    assert "train_00002.jpg: cannot align (landmarks)" in a.meta["unreadable"][0]
+    assert "coincide" in (tmp_path / "store" / "unreadable.txt").read_text()
+    assert not any(src.endswith("train_00002.jpg") for src in a.meta["sources"])
+
+
 def test_no_face_is_listed_not_silently_dropped(tmp_path):
     t = make_imagefolder(tmp_path / "mine", splits=("train", "test"))
     m = prep.scan_spec(f"imagefolder:{t.root}?split=train")
