@@ -53,6 +53,8 @@ def parse_landmarks(text: str) -> np.ndarray:
         raise ValueError("landmark numbers are not all numbers") from None
     if vals.size != 136:
         raise ValueError(f"{vals.size} landmark numbers, expected 136")
+    if not np.isfinite(vals).all():
+        raise ValueError("landmark numbers are not all finite")
     return vals.reshape(68, 2)
 
 
