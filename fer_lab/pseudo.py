@@ -152,3 +152,54 @@ class PseudoLabelStore(nn.Module):
         if key in state_dict and state_dict[key].shape != self.selected.shape:
             self.selected = torch.empty_like(state_dict[key], device=self.selected.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class PseudoLabelHistory:
+    """Trainer callback: per-class thresholds, learning effects, coverage and precision of the pseudo labels.
+
+    Works with any method that exposes ``streams`` and ``last_pseudo`` (the dict :meth:`PseudoLabelStore.step`
+    returned for the last target batch, plus ``true_labels``), as AGLRLS does. Every ``every`` steps it appends
+    ``{"step", "thresholds": {stream: [C]}, "sigma": {stream: [C]}, "coverage": {stream: f},
+    "precision": {stream: f or None}}`` to :attr:`records`, coverage and precision pooled over the steps since the
+    previous record. ``records`` plugs into :func:`fer_lab.analysis.thresholds.threshold_curves_figure`.
+    """
+
+    def __init__(self, every: int = 10) -> None:
+        self.every = int(every)
+        self.records: list[dict] = []
+        self._seen = 0
+        self._accepted: Tensor | None = None
+        self._hits: Tensor | None = None
+
+    def on_step(self, trainer, step: int, logs: dict[str, float]) -> None:
+        method = trainer.method
+        last = getattr(method, "last_pseudo", None)
+        if not last or logs.get("stage", 2.0) != 2.0:
+            return
+        mask = last["mask"].cpu()
+        truth = last.get("true_labels")
+        hits = mask & (last["pseudo"].cpu() == truth.cpu()) if truth is not None else torch.zeros_like(mask)
+        self._accepted = mask.sum(1) + (self._accepted if self._accepted is not None else 0)
+        self._hits = hits.sum(1) + (self._hits if self._hits is not None else 0)
+        self._seen += mask.shape[1]
+        if step % self.every:
+            return
+        streams = list(method.streams)
+        tau, sigma = last["thresholds"].cpu(), method.pseudo_store.sigma.cpu()
+        acc = self._accepted.tolist()
+        self.records.append({
+            "step": int(step),
+            "thresholds": {s: tau[k].tolist() for k, s in enumerate(streams)},
+            "sigma": {s: sigma[k].tolist() for k, s in enumerate(streams)},
+            "coverage": {s: acc[k] / self._seen for k, s in enumerate(streams)},
+            "precision": {s: (int(self._hits[k]) / acc[k] if acc[k] and truth is not None else None)
+                          for k, s in enumerate(streams)},
+        })
+        self._seen, self._accepted, self._hits = 0, None, None
+
+    def frame(self):
+        """Long table ``step, stream, coverage, precision``."""
+        import pandas as pd
+
+        return pd.DataFrame([{"step": r["step"], "stream": s, "coverage": r["coverage"][s],
+                              "precision": r["precision"][s]} for r in self.records for s in r["coverage"]])

@@ -142,14 +142,23 @@ class Trainer:
         self.method.setup_data([len(d) for d in self.sources], len(self.target) if self.target is not None else None,
                                cfg.batch_size)
         if cfg.init_from:
-            self.method.load_state_dict(load_method_state(cfg.init_from))
+            self.init_from(cfg.init_from)
         self.source_streams = [BatchStream(d, cfg.batch_size, cfg.seed, i, aug) for i, d in enumerate(self.sources)]
         self.target_stream = (BatchStream(self.target, cfg.batch_size, cfg.seed, 1000, aug, strong)
                               if self.target is not None else None)
 
+    def init_from(self, path: str) -> None:
+        """Start from another run's method weights. Entries this method lacks (e.g. heads an ablation drops) are
+        ignored; anything this method needs that the run lacks is an error."""
+        state = self.method.initial_state(load_method_state(path))
+        missing, _ = self.method.load_state_dict(state, strict=False)
+        if missing:
+            raise ValueError(f"init_from {path}: the saved run lacks {len(missing)} weight(s) this "
+                             f"{self.cfg.method} needs: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+
     # -- one step -----------------------------------------------------------------------------------------
     def set_lr(self, progress: float) -> float:
-        factor = LR_SCHEDULES[self.cfg.lr_schedule](progress)
+        factor = LR_SCHEDULES[self.cfg.lr_schedule](progress) * self.method.lr_factor(progress)
         for opt in self.method.optimizers().values():
             for g in opt.param_groups:
                 g.setdefault("initial_lr", g["lr"])

@@ -59,6 +59,7 @@ class AGLRLSHparams(Hparams):
     stage1_fraction: float = 1 / 3       # 15 source epochs then 30 transfer epochs in the released scripts
     stage1_weights: tuple[float, ...] = (5, 1, 1, 1, 1, 1, 5)
     stage2_weights: tuple[float, ...] = (7, 1, 1, 1, 1, 1, 7)
+    transfer_lr_mult: float = 1.0       # stage-2 learning rate relative to stage 1 (released code: 1e-5 vs 1e-4)
     adv_weight: float = 0.5
     pseudo_weight: float = 1.0
     # pseudo labels and inference
@@ -157,6 +158,13 @@ class AGLRLS(Method):
         if target_size:
             self.pseudo_store.resize(target_size)
             self.steps_per_epoch = max(1, target_size // batch_size)
+
+    def lr_factor(self, progress: float) -> float:
+        return 1.0 if progress < self.hp.stage1_fraction else self.hp.transfer_lr_mult
+
+    def initial_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        # a new run (e.g. stage 2 from a stage-1 run) starts with an empty pseudo-label store
+        return {k: v for k, v in state.items() if not k.startswith(("pseudo_store.", "transfer_steps"))}
 
     def param_groups(self) -> list[dict[str, Any]]:
         disc = {id(p) for p in self.discriminators.parameters()}
@@ -275,3 +283,49 @@ class AGLRLS(Method):
         if self.hp.inference == "fused" and "fused" in self.streams:
             return self.logits(self.features(batch))["fused"]
         return self.predict_details(batch)["scores"].clamp_min(1e-12).log()
+
+
+@torch.no_grad()
+def glpc_breakdown(method: AGLRLS, data, batch_size: int = 256, device: str | torch.device = "cpu"):
+    """How often each GLPC rule decides on ``data`` and how accurate it is, beside the fused stream's argmax on the
+    same faces. Returns a DataFrame indexed by rule (``fused``, ``global``, ``sum``) with ``faces``, ``share``,
+    ``glpc acc`` and ``fused-argmax acc``, plus an ``all`` row."""
+    import pandas as pd
+
+    from fer_lab.data.loading import iterate, to_device
+
+    was_training = method.training
+    method.eval()
+    rules, preds, fused, labels = [], [], [], []
+    try:
+        for batch in iterate(data, batch_size):
+            d = method.predict_details(to_device(batch, device))
+            rules.append(d["rule"].cpu())
+            preds.append(d["prediction"].cpu())
+            fused.append(d["probs"][-1].argmax(1).cpu())      # the fused stream (the only one without locals)
+            labels.append(batch["labels"])
+    finally:
+        method.train(was_training)
+    rule, pred, fz, y = (torch.cat(x) for x in (rules, preds, fused, labels))
+    keep = y >= 0
+    rule, pred, fz, y = rule[keep], pred[keep], fz[keep], y[keep]
+    rows = {}
+    for r, name in enumerate(GLPC_RULES):
+        sel = rule == r
+        k = int(sel.sum())
+        rows[name] = {"faces": k, "share": k / max(1, len(y)),
+                      "glpc acc": float((pred[sel] == y[sel]).float().mean()) if k else float("nan"),
+                      "fused-argmax acc": float((fz[sel] == y[sel]).float().mean()) if k else float("nan")}
+    rows["all"] = {"faces": len(y), "share": 1.0, "glpc acc": float((pred == y).float().mean()),
+                   "fused-argmax acc": float((fz == y).float().mean())}
+    return pd.DataFrame(rows).T.rename_axis("rule")
+
+
+#: The ablations of the issue / paper, as hyper-parameter overrides of a trained-from-the-same-stage-1 run.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "AGLRLS": {},
+    "w/o local streams": {"local_streams": False},
+    "fixed threshold 0.95": {"threshold": "fixed"},
+    "w/o pseudo labels": {"pseudo_labels": False},
+    "shared heads (released code)": {"shared_heads": True},
+}

@@ -14,7 +14,8 @@ are -1; ``true_labels`` is present for diagnostics such as pseudo-label precisio
 ``None`` for methods with ``needs_target = False``. ``progress`` runs from 0 to 1 over training.
 
 Each method owns its optimisers (the main one is built on first use). Every parameter group carries ``lr_mult``; the trainer
-scales ``lr_mult * hparams.lr`` by its schedule, so methods never touch the learning rate themselves.
+scales ``lr_mult * hparams.lr`` by its schedule (times :meth:`Method.lr_factor`, a method's own stage factor), so
+methods never touch the optimiser's learning rate themselves.
 """
 
 from __future__ import annotations
@@ -154,6 +155,16 @@ class Method(nn.Module):
     def setup_data(self, source_sizes: Sequence[int], target_size: int | None, batch_size: int) -> None:
         """Called by the trainer once the data is loaded (sizes only); methods with per-sample state (e.g. a
         pseudo-label store) size it here. The default does nothing."""
+
+    def lr_factor(self, progress: float) -> float:
+        """A method's own multiplier on the trainer's learning-rate schedule (e.g. a lower rate in a second
+        training stage, as the paper prescribes). The default is 1."""
+        return 1.0
+
+    def initial_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The part of another run's state dict that initialises a new run (``TrainConfig.init_from``); methods
+        drop per-run state here (e.g. a pseudo-label store). The default keeps everything."""
+        return state
 
     def update(self, source: SourceInput, target: Batch | None, progress: float) -> dict[str, float]:
         raise NotImplementedError
