@@ -59,7 +59,7 @@ class AGLRLSHparams(Hparams):
     stage1_fraction: float = 1 / 3       # 15 source epochs then 30 transfer epochs in the released scripts
     stage1_weights: tuple[float, ...] = (5, 1, 1, 1, 1, 1, 5)
     stage2_weights: tuple[float, ...] = (7, 1, 1, 1, 1, 1, 7)
-    transfer_lr_mult: float = 1.0       # stage-2 learning rate relative to stage 1 (released code: 1e-5 vs 1e-4)
+    transfer_lr_mult: float = 0.1       # stage-2 learning rate relative to stage 1 (released code: 1e-5 vs 1e-4)
     adv_weight: float = 0.5
     pseudo_weight: float = 1.0
     # pseudo labels and inference
@@ -163,8 +163,10 @@ class AGLRLS(Method):
         return 1.0 if progress < self.hp.stage1_fraction else self.hp.transfer_lr_mult
 
     def initial_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        # a new run (e.g. stage 2 from a stage-1 run) starts with an empty pseudo-label store
-        return {k: v for k, v in state.items() if not k.startswith(("pseudo_store.", "transfer_steps"))}
+        # a new run (e.g. stage 2 from a stage-1 run) starts with its own, empty pseudo-label store
+        per_run = ("pseudo_store.", "transfer_steps")
+        own = {k: v for k, v in self.state_dict().items() if k.startswith(per_run)}
+        return {**{k: v for k, v in state.items() if not k.startswith(per_run)}, **own}
 
     def param_groups(self) -> list[dict[str, Any]]:
         disc = {id(p) for p in self.discriminators.parameters()}

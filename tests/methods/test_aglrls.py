@@ -145,3 +145,23 @@ def test_inference_fused_is_the_fused_head(tiny):
     s, _ = tiny
     with torch.no_grad():
         assert torch.equal(m.predict(s), m.logits(m.features(s))["fused"])
+
+
+def test_stage_two_from_a_stage_one_run_and_ablation_init(tmp_path):
+    from fer_lab.config import TrainConfig
+    from fer_lab.train import Trainer
+
+    base = dict(method="aglrls", profile="tiny", steps=4, n_train=64, n_test=32, batch_size=16, progress=False)
+    s1 = Trainer(TrainConfig(**base, hparams={"stage1_fraction": 1.0}, out_dir=str(tmp_path / "s1"))).fit()
+    for hp in ({}, {"local_streams": False}):   # the global-only ablation starts from the 7-head stage 1
+        t = Trainer(TrainConfig(**base, hparams={"stage1_fraction": 0.0, **hp}, init_from=str(s1.out_dir),
+                                out_dir=str(tmp_path / f"s2{len(hp)}")))
+        t.setup()
+        start = torch.load(s1.out_dir / "checkpoint.pt", weights_only=True)["method"]
+        assert torch.equal(t.method.heads["global"].weight, start["heads.global.weight"])
+        assert int(t.method.transfer_steps) == 0 and t.method.pseudo_store.num_samples == 64
+        assert t.fit().final["target"]["n"] == 32
+    shared = TrainConfig(**base, hparams={"stage1_fraction": 0.0, "shared_heads": True}, init_from=str(s1.out_dir),
+                         out_dir=str(tmp_path / "shared"))
+    with pytest.raises(ValueError, match="lacks 8 weight.*heads.local.weight, heads.local.bias, discriminators.local"):
+        Trainer(shared).setup()
