@@ -80,14 +80,15 @@ class PretrainConfig:
     """One pre-training recipe. Every field is part of the cache key."""
 
     backbone: str = "smallcnn"
-    #: ``widths`` keyword of the backbone (``()``: the backbone's defaults, e.g. for resnet18)
-    widths: tuple[int, ...] = (32, 64, 128, 224)
+    #: ``widths`` keyword of the backbone; ``()``: the backbone's defaults, which any ``--backbone NAME
+    #: --backbone-weights FILE`` run can then load (the trainer builds backbones with their defaults)
+    widths: tuple[int, ...] = ()
     domains: tuple[str, ...] = ("synth:lab", "synth:wild", "synth:lowres", "synth:profile")
     split: str = "val"                 # disjoint from the train / test splits that runs use
     n_per_domain: int = 1200
     images_per_subject: int = 8        # SynthFER knob: several images per identity in every domain
     image_size: int = 64
-    steps: int = 500
+    steps: int = 300
     batch_size: int = 64               # split evenly over the domains
     lr: float = 0.05                   # SGD (Nesterov), cosine decay to 0
     momentum: float = 0.9
@@ -131,8 +132,7 @@ class PretrainConfig:
 
 #: Sizes matching the training profiles (fer_lab.config.PROFILES): same image size, smoke < 1 minute on a CPU core.
 PRETRAIN_PROFILES: dict[str, PretrainConfig] = {
-    "tiny": PretrainConfig(widths=(16, 32, 64, 112), n_per_domain=256, images_per_subject=8, image_size=32,
-                           steps=60, batch_size=32),
+    "tiny": PretrainConfig(n_per_domain=256, images_per_subject=8, image_size=32, steps=60, batch_size=32),
     "smoke": PretrainConfig(),
     # The paper's 512-d features (CLIP ViT-B/32) and ResNet-18 mask network, at the CD-FER benchmark's 112 px.
     "full": PretrainConfig(backbone="resnet18", widths=(), n_per_domain=6000, images_per_subject=10,

@@ -180,3 +180,31 @@ def test_cli_train_reports_the_dg_table(tmp_path, capsys):
     results = __import__("json").loads((tmp_path / "run" / "results.json").read_text())
     assert set(results["final"]) == {"synth:lab", "synth:wild", "synth:lowres"}   # source column + unseen, wild once
     assert results["config"]["target"] is None
+
+
+# -- the smoke comparison --------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "not true with fer-lab's offline frozen encoder: trained on SynthFER lab (64 px, 200 steps, seed 0), gen_fer's "
+    "mean over wild/lowres/profile is 11.9% (chance level; 11.0% on lab itself) against 38.7% for source-only "
+    "fine-tuning of the same pre-trained backbone. The mask sigma(M(x)) of a post-ReLU pooled feature lies in "
+    "[0.5, 1), so it can only re-weight the frozen channels within a factor of two; the frozen features of the "
+    "small identity/landmark/contrastive encoder carry little expression (on the smoke recipe's features a "
+    "logistic-regression probe reaches 27% on lab, 9-18% on the unseen domains) and a few strong channels win "
+    "every group maximum. With CLIP-grade features (the paper's setting) this is what "
+    "should change. Strict: passing makes this test fail so the marker gets removed."))
+def test_masks_beat_fine_tuned_source_only_on_unseen_synthfer_domains(tmp_path):
+    from fer_lab.evaluate import dg_summary
+    from fer_lab.pretrain import pretrain
+
+    weights = str(pretrain("tiny", progress=False).weights)
+    common = dict(source=("synth:lab",), target=None, eval=("synth:lab", "synth:wild", "synth:lowres", "synth:profile"),
+                  profile="smoke", steps=200, n_train=1000, n_test=300, seed=0, progress=False)
+    runs = {"gen_fer": dict(method="gen_fer", lr_schedule="exp", hparams=TINY),
+            "source_only": dict(method="source_only", backbone_weights=weights)}
+    mean = {}
+    for name, over in runs.items():
+        final = Trainer(TrainConfig(out_dir=str(tmp_path / name), **common, **over)).fit().final
+        mean[name] = dg_summary(final, ["synth:lab"])["mean_unseen"]
+    assert mean["source_only"] > 1 / 7, mean            # the unseen domains are learnable from lab at this budget
+    assert mean["gen_fer"] > mean["source_only"], mean
