@@ -32,6 +32,9 @@ Encoder specs (``scheme:arg?key=value``), :data:`FROZEN_ENCODERS`:
     Options: ``normalize=imagenet`` (default; the released Generalizable-FER code feeds CLIP ImageNet-normalised
     tensors) or ``normalize=clip`` (CLIP's own statistics); ``size=`` the input size (default: the tower's own);
     ``projection=true|false`` (default true: the 512-d joint embedding, as ``clip.encode_image`` returns).
+``run:DIR``
+    The backbone of a run trained by fer-lab (``fer-lab train --out-dir DIR``), globally pooled, frozen. Freezing a
+    model that *was* trained on expressions is a check of the masking machinery, not domain generalisation.
 ``pretrain:PROFILE``
     fer-lab's face encoder pre-trained on a task that is not expression (identity, landmarks and pose of SynthFER
     subjects across domains; see :mod:`fer_lab.pretrain`), read from the cache under ``$FER_LAB_CACHE/pretrain``
@@ -282,6 +285,24 @@ def _pretrain(arg: str, progress: bool = True) -> FrozenEncoder:
     from fer_lab.pretrain import load_encoder
 
     return load_encoder(arg or "auto", progress=progress)
+
+
+@FROZEN_ENCODERS.register("run")
+def _run(arg: str) -> FrozenEncoder:
+    """The backbone of a trained fer-lab run (``fer-lab train --out-dir DIR``), globally pooled, frozen."""
+    from fer_lab.pretrain import FaceEmbedder
+    from fer_lab.train import load_run
+
+    folder = Path(os.path.expanduser(arg))
+    if not (folder / "config.json").is_file() or not (folder / "checkpoint.pt").is_file():
+        raise FileNotFoundError(f"encoder spec 'run:{arg}': {str(folder)!r} is not a fer-lab run folder "
+                                f"(config.json and checkpoint.pt expected)")
+    method, _ = load_run(folder)
+    backbone = getattr(getattr(method, "extractor", None), "backbone", None)
+    if backbone is None:
+        raise ValueError(f"encoder spec 'run:{arg}': the run's method ({type(method).__name__}) has no backbone")
+    embedder = FaceEmbedder(backbone)
+    return FrozenEncoder(embedder, embedder.dim, name=f"run:{folder}")
 
 
 def parse_encoder_spec(spec: str) -> tuple[str, str, dict[str, Any]]:

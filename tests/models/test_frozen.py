@@ -154,3 +154,19 @@ def test_frozen_encoder_checks_its_output_size(images):
     enc = FrozenEncoder(_Tiny(), 9, name="wrong")
     with pytest.raises(RuntimeError, match=r"returned \(3, 8\), expected \[B, 9\]"):
         enc(images)
+
+
+def test_a_trained_run_as_frozen_encoder(tmp_path, images):
+    from fer_lab.config import TrainConfig
+    from fer_lab.train import Trainer, load_run
+
+    run = tmp_path / "so"
+    Trainer(TrainConfig(method="source_only", source=("synth:lab",), target=None, profile="tiny", steps=2,
+                        n_train=64, n_test=32, out_dir=str(run), progress=False)).fit()
+    enc = build_frozen_encoder(f"run:{run}")
+    backbone = load_run(run)[0].extractor.backbone
+    assert enc.dim == backbone.out_channels and enc.name == f"run:{run}"
+    with torch.no_grad():
+        torch.testing.assert_close(enc(images), backbone(images)[1].mean((2, 3)))
+    with pytest.raises(FileNotFoundError, match="not a fer-lab run folder"):
+        build_frozen_encoder(f"run:{tmp_path / 'nothing'}")
