@@ -154,7 +154,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     """Train (or find in the cache) the frozen face encoder / mask-network initialisation."""
     from fer_lab.pretrain import pretrain
 
-    r = pretrain(args.profile, progress=not args.no_progress, force=args.force)
+    r = pretrain(args.profile, progress=not args.no_progress, force=args.force, device=args.device)
     m = r.meta
     how = f"trained in {r.seconds:.1f} s" if r.built else f"found in the cache ({m['seconds']:.1f} s when built)"
     print(f"pretrain {r.name}: {r.config.backbone}, {m['dim']}-d features, {m['identities']} identities, "
@@ -223,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt = sub.add_parser("pretrain", help="train (once; cached) the frozen face encoder used by gen_fer")
     pt.add_argument("--profile", default="auto", choices=["auto", "tiny", "smoke", "full"])
     pt.add_argument("--force", action="store_true", help="train again and replace the cached weights")
+    pt.add_argument("--device", default="auto", help="where a build trains: cpu, cuda, cuda:N or auto")
     pt.add_argument("--no-progress", action="store_true")
     pt.set_defaults(func=cmd_pretrain)
     n = sub.add_parser("notebooks", help="run (papermill), clean or check the numbered notebooks")

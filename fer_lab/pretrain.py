@@ -319,8 +319,11 @@ def _read(folder: Path) -> dict[str, Any] | None:
 
 
 def pretrain(recipe: str | PretrainConfig = "smoke", progress: bool = True, force: bool = False,
-             root: str | os.PathLike | None = None) -> PretrainResult:
-    """The recipe's weights: read from the cache, or trained and cached (``force``: train again and replace)."""
+             root: str | os.PathLike | None = None, device: str = "auto") -> PretrainResult:
+    """The recipe's weights: read from the cache, or trained and cached (``force``: train again and replace).
+
+    ``device`` (``auto``: CUDA when available) is where a build trains; it is not part of the cache key (a recipe
+    trained on a GPU and on a CPU differs in the last bits; whichever is cached first is used)."""
     from safetensors.torch import save_file
 
     t0 = time.perf_counter()
@@ -331,9 +334,12 @@ def pretrain(recipe: str | PretrainConfig = "smoke", progress: bool = True, forc
     with _locked(folder.with_name(folder.name + ".lock")):
         if not force and (meta := _read(folder)) is not None:  # another process built it while we waited
             return PretrainResult(folder, name, cfg, meta, False, time.perf_counter() - t0)
-        backbone, summary = train_recipe(cfg, progress=progress)
+        from fer_lab.train import resolve_device
+
+        dev = resolve_device(device)
+        backbone, summary = train_recipe(cfg, progress=progress, device=dev)
         meta = {"name": name, "config": cfg.to_dict(), "key": cfg.key(), "recipe_version": RECIPE_VERSION,
-                "torch": torch.__version__, "threads": torch.get_num_threads(), **summary}
+                "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(dev), **summary}
         tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".tmp", dir=folder.parent))
         try:
             save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(tmp / WEIGHTS_FILE),

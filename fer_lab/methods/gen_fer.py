@@ -276,7 +276,7 @@ class GenFER(FrozenFeatureMethod):
         from fer_lab.pretrain import build_backbone_from_recipe, resolve_pretrain
 
         scheme, arg, _ = parse_encoder_spec(hp.encoder)
-        _, recipe = resolve_pretrain(arg or "auto" if scheme == "pretrain" else "auto")
+        _, recipe = resolve_pretrain((arg or "auto") if scheme == "pretrain" else "auto")
         if self.backbone_weights is not None or self.backbone_name not in ("smallcnn", recipe.backbone):
             raise ValueError(f"gen_fer: mask_init='pretrain' builds the mask network from the pretrain recipe "
                              f"({recipe.backbone}); to use --backbone {self.backbone_name} / --backbone-weights, "

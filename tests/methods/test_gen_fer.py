@@ -208,3 +208,19 @@ def test_masks_beat_fine_tuned_source_only_on_unseen_synthfer_domains(tmp_path):
         mean[name] = dg_summary(final, ["synth:lab"])["mean_unseen"]
     assert mean["source_only"] > 1 / 7, mean            # the unseen domains are learnable from lab at this budget
     assert mean["gen_fer"] > mean["source_only"], mean
+
+
+def test_gen_fer_on_a_local_clip_tower(tmp_path, monkeypatch):
+    """The paper's set-up with a tiny CLIP saved here: CLIP features masked by a network from the pretrain recipe."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    monkeypatch.setenv("FER_LAB_PROFILE", "tiny")          # mask_init=pretrain with a CLIP encoder: the auto recipe
+    torch.manual_seed(0)
+    CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8,
+        projection_dim=28)).save_pretrained(tmp_path / "clip")
+    m = build_method("gen_fer", {"encoder": f"clip:{tmp_path / 'clip'}"})
+    assert m.feature_dim == 28 and m.group_size == 4 and isinstance(m.mask_net.proj, torch.nn.Linear)
+    logs = m.update(_batch(), None, 0.0)
+    assert all(v == v for v in logs.values())            # finite losses
+    assert m.predict(_batch()).shape == (6, 7)
