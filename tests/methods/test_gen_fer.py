@@ -224,3 +224,23 @@ def test_gen_fer_on_a_local_clip_tower(tmp_path, monkeypatch):
     logs = m.update(_batch(), None, 0.0)
     assert all(v == v for v in logs.values())            # finite losses
     assert m.predict(_batch()).shape == (6, 7)
+
+
+def test_gen_fer_resumes_to_the_same_result(tmp_path):
+    """Checkpoints without the frozen weights still resume exactly (the drop masks' RNG travels with them)."""
+
+    class Stop:
+        def on_step(self, trainer, step, logs):
+            if step == 5:
+                raise KeyboardInterrupt
+
+    def cfg(name, **kw):
+        return TrainConfig(method="gen_fer", source=("synth:lab",), target=None, eval=("synth:wild",), profile="tiny",
+                           steps=8, checkpoint_every=4, n_train=64, n_test=32, out_dir=str(tmp_path / name),
+                           progress=False, hparams=TINY, **kw)
+
+    full = Trainer(cfg("full")).fit().final
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg("killed"), callbacks=[Stop()]).fit()
+    assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["step"] == 4
+    assert Trainer(cfg("killed", resume=True)).fit().final == full
