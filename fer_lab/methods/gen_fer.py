@@ -43,7 +43,6 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fer_lab.data.loading import Batch
