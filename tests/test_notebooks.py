@@ -76,6 +76,23 @@ def test_notebook_05_smoke_metrics(tmp_path):
     assert (tmp_path / "05_generalizable_fer.html").stat().st_size > 10_000
 
 
+@pytest.mark.slow
+def test_notebook_01_metrics_tiny(tmp_path):
+    """Notebook 01 end to end with every ablation, at the tiny profile (nbval runs it too; the smoke-profile
+    comparison itself is tests/test_end_to_end.py's question)."""
+    record = nbs.run_notebook(nbs.discover(only=["01"])[0], tmp_path,
+                              {"profile": "tiny", "device": "cpu", "out_dir": str(tmp_path / "runs")}, html=False)
+    m = record["metrics"]
+    assert m["profile"] == "tiny" and m["stage1_steps"] + 0 < m["steps"]
+    expected = {"source-only", "DANN", "CDAN-E", "AGLRLS", "AGLRLS, argmax of the fused stream",
+                "AGLRLS, w/o local streams", "AGLRLS, fixed threshold 0.95", "AGLRLS, w/o pseudo labels"}
+    assert set(m["target_acc"]) == expected
+    assert all(0.0 <= a <= 1.0 for a in m["target_acc"].values())
+    assert set(m["glpc_share"]) == {"fused", "global", "sum"}
+    assert sum(m["glpc_share"].values()) == pytest.approx(1.0)
+    assert m["headline"]["AGLRLS acc"] == round(100 * m["target_acc"]["AGLRLS"], 1)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; the full profile is sized for one")
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

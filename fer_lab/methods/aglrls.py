@@ -323,11 +323,14 @@ def glpc_breakdown(method: AGLRLS, data, batch_size: int = 256, device: str | to
     return pd.DataFrame(rows).T.rename_axis("rule")
 
 
-#: The ablations of the issue / paper, as hyper-parameter overrides of a trained-from-the-same-stage-1 run.
+#: Ablations as hyper-parameter overrides; each is a stage 2 from the same stage-1 run. (The fourth ablation,
+#: argmax of the fused stream instead of GLPC, changes inference only: ``inference="fused"`` on a trained model.)
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "AGLRLS": {},
     "w/o local streams": {"local_streams": False},
     "fixed threshold 0.95": {"threshold": "fixed"},
     "w/o pseudo labels": {"pseudo_labels": False},
-    "shared heads (released code)": {"shared_heads": True},
 }
+
+#: The released code's variant: three heads / three discriminators (global, one shared by the patches, fused).
+#: It needs its own stage 1, since its heads differ.
+RELEASED_CODE: dict[str, Any] = {"shared_heads": True}
