@@ -1,5 +1,7 @@
 """End to end on the embedded data: the smoke profile, lab -> wild, fixed seed."""
 
+import json
+
 import pytest
 
 from fer_lab.config import TrainConfig
@@ -19,3 +21,47 @@ def test_dann_beats_source_only_on_lab_to_wild(tmp_path):
         acc[method] = Trainer(cfg).fit().final["target"]["acc"]
     assert acc["dann"] > acc["source_only"], acc
     assert acc["source_only"] > 1 / 7, acc  # the shift is real but the task is learnable
+
+
+def _aglrls_two_stage(tmp_path, steps: int = 400, stage1_fraction: float = 1 / 3, **hparams) -> float:
+    """AGLRLS as notebook 01 trains it: stage 1 (source) then stage 2 from its weights, same total budget."""
+    s1 = round(steps * stage1_fraction)
+    base = dict(method="aglrls", source=("synth:lab",), target="synth:wild", profile="smoke", seed=0, progress=False)
+    first = Trainer(TrainConfig(**base, steps=s1, hparams={"stage1_fraction": 1.0}, out_dir=str(tmp_path / "s1")))
+    first.fit()
+    second = TrainConfig(**base, steps=steps - s1, init_from=str(tmp_path / "s1"),
+                         hparams={"stage1_fraction": 0.0, **hparams}, out_dir=str(tmp_path / "s2"))
+    return Trainer(second).fit().final["target"]["acc"]
+
+
+@pytest.fixture(scope="module")
+def aglrls_smoke(tmp_path_factory):
+    """Target accuracies on lab -> wild, smoke profile, seed 0, 400 steps each (AGLRLS: 133 + 267)."""
+    tmp = tmp_path_factory.mktemp("aglrls_e2e")
+    acc = {}
+    for method in ("source_only", "cdan"):
+        cfg = TrainConfig(method=method, source=("synth:lab",), target="synth:wild", profile="smoke", seed=0,
+                          out_dir=str(tmp / method), progress=False)
+        acc[method] = Trainer(cfg).fit().final["target"]["acc"]
+    acc["aglrls"] = _aglrls_two_stage(tmp / "aglrls")
+    acc["aglrls_stage1"] = json.loads((tmp / "aglrls" / "s1" / "results.json").read_text())["final"]["target"]["acc"]
+    return acc
+
+
+@pytest.mark.slow
+def test_aglrls_beats_its_stage_one_and_cdan_e(aglrls_smoke):
+    acc = aglrls_smoke
+    # stage 2 adapts the stage-1 model, and the seven-stream method beats the CDAN-E loss it is built on
+    # (seed 0 on 2 threads: stage 1 36.6 %, AGLRLS 52.4 %, CDAN-E 36.9 %)
+    assert acc["aglrls"] > acc["aglrls_stage1"] + 0.05, acc
+    assert acc["aglrls"] > acc["cdan"], acc
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "not yet true: at the smoke budget AGLRLS does not beat source-only on SynthFER lab -> wild (seed 0: 52.4 % vs "
+    "55.9 %; with 400 + 800 steps against 1,200 they draw level: 59.4 % vs 58.8 %, mean class 57.3 % vs 59.8 %). Few target faces reach 0.95 confidence, so the "
+    "class-wise learning effect stays near 0, every dynamic threshold near its floor 0.24, and the pseudo labels "
+    "are accepted at about 44 % precision. Strict: passing makes this test fail so the marker gets removed."))
+def test_aglrls_beats_source_only_on_lab_to_wild(aglrls_smoke):
+    assert aglrls_smoke["aglrls"] > aglrls_smoke["source_only"], aglrls_smoke
