@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fer_lab.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from fer_lab.registry import Registry
 
 __all__ = [
@@ -71,8 +72,7 @@ __all__ = [
 
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-_NORMALIZE = {"imagenet": _IMAGENET, "clip": (CLIP_MEAN, CLIP_STD), "none": None}
+_NORMALIZE = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD), "none": None}
 
 #: Scheme -> factory ``f(arg: str, **options) -> FrozenEncoder``.
 FROZEN_ENCODERS: Registry[Callable[..., "FrozenEncoder"]] = Registry("frozen encoder")

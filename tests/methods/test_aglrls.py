@@ -24,8 +24,7 @@ def _streams(fused, global_, local):
 
 def test_glpc_rule_order_fused_then_global_then_sum():
     sigma = torch.zeros(7, 3)                  # every threshold 0.95 / 4 = 0.2375 on the first two rules
-    # sample 0: fused confident -> fused decides (class 2) even though global says 0
-    # sample 1: fused below threshold (max 0.2 < 0.2375 impossible for 3 classes) -> use a raised sigma below
+    # the fused stream clears its threshold -> it decides (class 2) although the global stream says class 0
     probs = _streams(fused=[[0.1, 0.1, 0.8]], global_=[[0.9, 0.05, 0.05]], local=[[0.0, 1.0, 0.0]])
     pred, rule, _ = glpc(probs, sigma)
     assert pred.tolist() == [2] and GLPC_RULES[rule[0]] == "fused"
@@ -38,7 +37,7 @@ def test_glpc_rule_order_fused_then_global_then_sum():
 
     sigma[GLOBAL] = 1.0                        # neither clears 0.95 -> thresholded sum over all streams
     pred, rule, scores = glpc(probs, sigma)
-    # sum keeps p_i(k) >= sigma_i(k): fused and global rows are all below sigma = 1, locals (sigma 0) keep 1.0 on class 1
+    # the sum keeps p_i(k) >= sigma_i(k): fused and global rows are all below sigma = 1; locals (sigma 0) keep class 1
     assert pred.tolist() == [1] and GLPC_RULES[rule[0]] == "sum"
     assert torch.allclose(scores.sum(1), torch.ones(1))
 
