@@ -193,7 +193,7 @@ def _list(kind: str) -> int:
         from fer_lab.methods import METHODS
 
         for name, cls in METHODS.items():
-            doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+            doc = cls.summary or (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
             print(f"{name:14s} {'needs target' if cls.needs_target else 'no target   '}  {doc}")
     elif kind == "backbones":
         from fer_lab.models import BACKBONES

@@ -35,7 +35,10 @@ def test_argparse_errors_exit_2():
 
 def test_listing_commands():
     rc, out, _ = _cli("methods")
-    assert rc == 0 and {"source_only", "dann", "cdan"} <= {line.split()[0] for line in out.splitlines()}
+    names = {ln.split()[0] for ln in out.splitlines()}
+    assert rc == 0 and {"source_only", "dann", "cdan", "aglrls", "gen_fer", "linear_probe"} <= names
+    descriptions = [ln.split(maxsplit=3)[-1] for ln in out.splitlines()]
+    assert len(set(descriptions)) == len(descriptions), out    # every method says what it is in its own words
     rc, out, _ = _cli("backbones")
     assert rc == 0 and "smallcnn" in out and "ir50" in out
     rc, out, _ = _cli("datasets")

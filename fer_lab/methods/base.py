@@ -101,6 +101,7 @@ class Method(nn.Module):
     """Base class: a global-local feature extractor and a classifier on ``hparams.feature``."""
 
     needs_target: ClassVar[bool] = True
+    summary: ClassVar[str] = ""          # one line for `fer-lab methods` (default: the module docstring's first)
     Hparams: ClassVar[type[Hparams]] = Hparams
     name: ClassVar[str] = ""
 

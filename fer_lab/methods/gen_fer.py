@@ -213,6 +213,8 @@ class LinearProbeHparams(FrozenFeatureHparams):
 class LinearProbe(FrozenFeatureMethod):
     """Linear probe: ``argmax W E(x)`` with E frozen; cross-entropy on the source."""
 
+    summary = "Linear probe: a linear classifier on a frozen encoder's features (no target data)."
+
     Hparams = LinearProbeHparams
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
