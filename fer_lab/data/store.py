@@ -20,6 +20,8 @@ import numpy as np
 from fer_lab.labels import EXPRESSIONS, NUM_CLASSES, NUM_LANDMARKS
 
 _ARRAYS = ("images", "labels", "landmarks", "pose", "subject")
+#: meta entries holding one value per row (kept in step by :meth:`FaceArrays.subset`)
+PER_ROW_META = ("sources", "splits")
 
 
 @dataclass
@@ -87,11 +89,21 @@ class FaceArrays:
         return out
 
     def subset(self, index: np.ndarray) -> "FaceArrays":
+        """The rows ``index``; per-row meta lists (:data:`PER_ROW_META`, e.g. each face's source file) follow them,
+        and ``class_counts`` is recomputed."""
         index = np.asarray(index)
-        return FaceArrays(
+        meta = dict(self.meta)
+        for key in PER_ROW_META:
+            rows = meta.get(key)
+            if isinstance(rows, list) and len(rows) == len(self):
+                meta[key] = [rows[int(i)] for i in np.arange(len(self))[index]]
+        out = FaceArrays(
             np.ascontiguousarray(self.images[index]), self.labels[index], self.landmarks[index],
-            self.pose[index], self.subject[index], dict(self.meta),
+            self.pose[index], self.subject[index], meta,
         )
+        if "class_counts" in meta:
+            out.meta["class_counts"] = out.class_counts()
+        return out
 
     # -- on disk -----------------------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike, overwrite: bool = True) -> Path:

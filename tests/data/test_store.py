@@ -61,3 +61,18 @@ def test_overwrite_flag(tmp_path):
     _arrays(labels=[2] * 6).save(tmp_path / "s", overwrite=True)
     assert (FaceArrays.load(tmp_path / "s").labels == 2).all()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_subset_keeps_per_row_meta_in_step():
+    a = _arrays(labels=[0, 1, 2, 3, 4, 5])
+    a.meta.update(sources=[f"img{i}.jpg" for i in range(6)], splits=["train"] * 3 + ["test"] * 3,
+                  class_counts=a.class_counts(), note="kept")
+    for index, expected in ((np.array([4, 1]), ["img4.jpg", "img1.jpg"]),
+                            (np.array([False, True, False, False, True, False]), ["img1.jpg", "img4.jpg"])):
+        b = a.subset(index)
+        assert b.meta["sources"] == expected
+        assert [b.meta["sources"][k] for k in range(2)] == [f"img{int(y)}.jpg" for y in b.labels]
+        assert b.meta["splits"] == ["test" if y >= 3 else "train" for y in b.labels]
+        assert b.meta["class_counts"]["fear"] == 1 and b.meta["class_counts"]["surprise"] == 0
+        assert b.meta["note"] == "kept"
+    assert a.meta["sources"][0] == "img0.jpg"      # the original is untouched
