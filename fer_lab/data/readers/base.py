@@ -141,11 +141,23 @@ def read_image(record: Record) -> np.ndarray:
         raise ReaderError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
 
 
-def require(path: Path, what: str, hint: str = "") -> Path:
-    """``path`` if it exists, else a :class:`ReaderError` saying what was expected there."""
-    if not path.exists():
+def require_dir(path: Path, what: str, hint: str = "") -> Path:
+    """``path`` if it is a folder, else a :class:`ReaderError` saying what was expected there."""
+    if not path.is_dir():
         raise ReaderError(f"{path}: {what} not found" + (f" ({hint})" if hint else ""))
     return path
+
+
+def child_dir(folder: Path, *names: str) -> Path | None:
+    """The first of ``names`` that is a sub-folder of ``folder``, compared case-insensitively (``None`` when
+    none is, or ``folder`` is not a folder). Among sub-folders differing only in case the first by name wins."""
+    if not folder.is_dir():
+        return None
+    dirs: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_dir():
+            dirs.setdefault(p.name.lower(), p)
+    return next((dirs[n.lower()] for n in names if n.lower() in dirs), None)
 
 
 LabelMapper = Callable[[Any], int | None]

@@ -28,6 +28,7 @@ import numpy as np
 from fer_lab.data.align import five_from_68
 from fer_lab.data.readers.base import (
     READERS, Dropped, Manifest, ReaderError, Record, SubjectSplit, check_split, is_hidden, peak_and_neutral,
+    require_dir,
 )
 from fer_lab.labels import LabelMap
 
@@ -101,8 +102,7 @@ def scan(root: Path, split: str = "train", *, peak: int = 3, neutral: bool = Tru
         raise ReaderError(f"{root}: {NAME} peak must be >= 1, got {peak}")
     splitter = SubjectSplit(protocol, int(folds), int(fold), int(val_folds), int(split_seed))
     splitter.check(root, NAME)
-    if not root.is_dir():
-        raise ReaderError(f"{root}: CK+ root folder not found")
+    require_dir(root, "CK+ root folder")
     images = _first_dir(root, IMAGE_DIRS)
     if images is None:
         raise ReaderError(f"{root}: no CK+ image folder ({' or '.join(IMAGE_DIRS)}) inside; point the spec at the "

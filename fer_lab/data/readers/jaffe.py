@@ -19,6 +19,7 @@ from pathlib import Path
 
 from fer_lab.data.readers.base import (
     IMAGE_EXTENSIONS, READERS, Dropped, Manifest, ReaderError, Record, SubjectSplit, check_split, is_hidden,
+    require_dir,
 )
 from fer_lab.labels import LabelMap
 
@@ -39,8 +40,7 @@ def scan(root: Path, split: str = "train", *, protocol: str = "subject", folds: 
     check_split(root, NAME, split)
     splitter = SubjectSplit(protocol, int(folds), int(fold), int(val_folds), int(split_seed))
     splitter.check(root, NAME)
-    if not root.is_dir():
-        raise ReaderError(f"{root}: JAFFE folder not found")
+    require_dir(root, "JAFFE folder")
     records: list[Record] = []
     dropped: list[Dropped] = []
     seen: dict[str, Path] = {}

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from fer_lab.data.readers.base import (
     IMAGE_EXTENSIONS, READERS, Dropped, Manifest, ReaderError, Record, SubjectSplit, check_split, is_hidden,
+    require_dir,
 )
 from fer_lab.labels import LabelMap
 
@@ -60,8 +61,7 @@ def scan(root: Path, split: str = "train", *, angle: str = "S", protocol: str = 
     angles = parse_angles(angle, root)
     splitter = SubjectSplit(protocol, int(folds), int(fold), int(val_folds), int(split_seed))
     splitter.check(root, NAME)
-    if not root.is_dir():
-        raise ReaderError(f"{root}: KDEF folder not found")
+    require_dir(root, "KDEF folder")
     records: list[Record] = []
     dropped: list[Dropped] = []
     seen: dict[str, Path] = {}

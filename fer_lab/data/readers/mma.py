@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fer_lab.data.readers.base import READERS, Dropped, Manifest, ReaderError, Record, check_split, scan_class_folders
+from fer_lab.data.readers.base import (
+    READERS, Dropped, Manifest, ReaderError, Record, check_split, child_dir, require_dir, scan_class_folders,
+)
 from fer_lab.labels import expression_index
 
 NAME = "mma"
@@ -29,26 +31,18 @@ CLASSES: dict[str, int] = {c: expression_index(c) for c in
 SPLIT_FOLDERS = {"train": ("train",), "val": ("valid", "val", "validation"), "test": ("test",)}
 
 
-def _child(folder: Path, names: tuple[str, ...]) -> Path | None:
-    if not folder.is_dir():
-        return None
-    dirs = {p.name.lower(): p for p in folder.iterdir() if p.is_dir()}
-    return next((dirs[n.lower()] for n in names if n.lower() in dirs), None)
-
-
 @READERS.register(NAME)
 def scan(root: Path, split: str = "train") -> Manifest:
     """List the MMA faces of ``split``."""
     root = Path(root)
     check_split(root, NAME, split)
-    if not root.is_dir():
-        raise ReaderError(f"{root}: MMA folder not found")
-    base = _child(root, ("MMAFEDB",)) or root
+    require_dir(root, "MMA folder")
+    base = child_dir(root, "MMAFEDB") or root
     records: list[Record] = []
     dropped: list[Dropped] = []
     notes: list[str] = []
     for tag in (("train", "val", "test") if split == "all" else (split,)):
-        folder = _child(base, SPLIT_FOLDERS[tag])
+        folder = child_dir(base, *SPLIT_FOLDERS[tag])
         if folder is None:
             raise ReaderError(f"{base}: no MMA {tag} folder ({' or '.join(SPLIT_FOLDERS[tag])}/) inside; expected "
                               "MMAFEDB/{train,valid,test}/<class>/")

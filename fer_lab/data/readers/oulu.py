@@ -23,8 +23,8 @@ import re
 from pathlib import Path
 
 from fer_lab.data.readers.base import (
-    IMAGE_EXTENSIONS, READERS, Dropped, Manifest, ReaderError, Record, SubjectSplit, check_split, is_hidden,
-    peak_and_neutral,
+    IMAGE_EXTENSIONS, READERS, Dropped, Manifest, ReaderError, Record, SubjectSplit, check_split, child_dir,
+    is_hidden, peak_and_neutral, require_dir,
 )
 from fer_lab.labels import expression_index
 
@@ -37,14 +37,6 @@ MODALITIES = ("VL", "NI")
 LIGHTINGS = ("Strong", "Weak", "Dark")
 
 _SUBJECT = re.compile(r"^P\d+$", re.IGNORECASE)
-
-
-def _child(folder: Path, name: str) -> Path | None:
-    low = name.lower()
-    for p in folder.iterdir() if folder.is_dir() else ():
-        if p.is_dir() and p.name.lower() == low:
-            return p
-    return None
 
 
 @READERS.register(NAME)
@@ -65,14 +57,13 @@ def scan(root: Path, split: str = "train", *, modality: str = "VL", lighting: st
         raise ReaderError(f"{root}: {NAME} peak must be >= 1, got {peak}")
     splitter = SubjectSplit(protocol, int(folds), int(fold), int(val_folds), int(split_seed))
     splitter.check(root, NAME)
-    if not root.is_dir():
-        raise ReaderError(f"{root}: Oulu-CASIA root folder not found")
-    base = _child(root, variant) or (root if _child(root, modality) else None)
+    require_dir(root, "Oulu-CASIA root folder")
+    base = child_dir(root, variant) or (root if child_dir(root, modality) else None)
     if base is None:
         raise ReaderError(f"{root}: no {variant}/ folder (nor VL/, NI/) inside; point the spec at the folder that "
                           f"holds {variant}/")
-    rec_dir = _child(base, modality)
-    rec_dir = _child(rec_dir, lighting) if rec_dir else None
+    rec_dir = child_dir(base, modality)
+    rec_dir = child_dir(rec_dir, lighting) if rec_dir else None
     if rec_dir is None:
         have = sorted(f"{m.name}/{l.name}" for m in base.iterdir() if m.is_dir() for l in m.iterdir() if l.is_dir())
         raise ReaderError(f"{base / modality / lighting}: recording folder not found (found: "

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_lab.data.readers.base import READERS, Dropped, Manifest, ReaderError, Record, check_split
+from fer_lab.data.readers.base import READERS, Dropped, Manifest, ReaderError, Record, check_split, require_dir
 from fer_lab.labels import LabelMap
 
 #: RAF-DB basic labels (1-based) -> canonical order.
@@ -104,8 +104,7 @@ def scan(root: Path, split: str, images: str = "auto", landmarks: bool = True) -
     if images == "auto":
         images = "original" if (basic / "Image" / "original").is_dir() else "aligned"
     image_dir = basic / "Image" / images
-    if not image_dir.is_dir():
-        raise ReaderError(f"{image_dir}: image folder not found (unzip Image/{images}.zip there)")
+    require_dir(image_dir, "image folder", f"unzip Image/{images}.zip there")
     manual_dir = basic / "Annotation" / "manual"
     box_dir = basic / "Annotation" / "boundingbox"
     use_geometry = images == "original"

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 
 from fer_lab.data.readers.base import (
-    READERS, Dropped, Manifest, ReaderError, Record, check_split, scan_class_folders,
+    READERS, Dropped, Manifest, ReaderError, Record, check_split, child_dir, require_dir, scan_class_folders,
 )
 from fer_lab.labels import expression_index
 
@@ -38,17 +38,6 @@ SPLIT_FOLDERS = {"train": "Train", "val": "Val", "test": "Val"}
 _MOVIE = re.compile(r"^(.+?)_(\d+)_(\d+)$")
 
 
-def _child(folder: Path, name: str) -> Path | None:
-    """``folder/name`` compared case-insensitively, or None."""
-    if not folder.is_dir():
-        return None
-    low = name.lower()
-    for p in folder.iterdir():
-        if p.is_dir() and p.name.lower() == low:
-            return p
-    return None
-
-
 def _has_classes(folder: Path | None) -> bool:
     return folder is not None and folder.is_dir() and any(
         p.is_dir() and p.name.lower() in CLASSES for p in folder.iterdir())
@@ -56,13 +45,13 @@ def _has_classes(folder: Path | None) -> bool:
 
 def class_root(root: Path, folder: str) -> Path:
     """The folder holding the class folders of split folder ``folder`` (``Train`` / ``Val``)."""
-    s = _child(root, folder)
+    s = child_dir(root, folder)
     candidates = [
-        _child(s, f"{folder}_Aligned_Faces") if s else None,
-        _child(root, f"{folder}_Aligned_Faces"),
-        _child(s, f"{folder}_Aligned_Faces_new") if s else None,
-        _child(root, f"{folder}_Aligned_Faces_new"),
-        _child(s, "imgs") if s else None,
+        child_dir(s, f"{folder}_Aligned_Faces") if s else None,
+        child_dir(root, f"{folder}_Aligned_Faces"),
+        child_dir(s, f"{folder}_Aligned_Faces_new") if s else None,
+        child_dir(root, f"{folder}_Aligned_Faces_new"),
+        child_dir(s, "imgs") if s else None,
         s,
     ]
     for c in candidates:
@@ -79,8 +68,7 @@ def scan(root: Path, split: str = "train") -> Manifest:
     """List the SFEW 2.0 faces of ``split`` (``test`` and ``val`` both read Val)."""
     root = Path(root)
     check_split(root, NAME, split)
-    if not root.is_dir():
-        raise ReaderError(f"{root}: SFEW root folder not found")
+    require_dir(root, "SFEW root folder")
     wanted = [("train", "Train"), ("test", "Val")] if split == "all" else [(split, SPLIT_FOLDERS[split])]
     records: list[Record] = []
     dropped: list[Dropped] = []
@@ -97,8 +85,8 @@ def scan(root: Path, split: str = "train") -> Manifest:
         notes += n
     if split in ("test", "val"):
         notes.append("SFEW's Test set has no public labels; Val is read as the test (and val) split")
-    if _child(root, "Test") is not None and split in ("test", "all"):
-        notes.append(f"{_child(root, 'Test')}: not read (labels held by the EmotiW organisers)")
+    if child_dir(root, "Test") is not None and split in ("test", "all"):
+        notes.append(f"{child_dir(root, 'Test')}: not read (labels held by the EmotiW organisers)")
     if not records:
         raise ReaderError(f"{root}: no SFEW images found for split {split!r}"
                           + (f" ({len(dropped)} files dropped, e.g. {dropped[0].source}: {dropped[0].reason})"
