@@ -222,18 +222,18 @@ class AGLRLS(Method):
         scl = sum(w * F.cross_entropy(logits[s][:n], xs["labels"]) for w, s in zip(w2, self.streams))
 
         # SAL: sum_i L_CDAN-E(D_i, f_i (x) g_i), entropy weights normalised per domain, source 1 / target 0
+        probs = torch.stack([logits[s][:n + m].softmax(1).detach() for s in self.streams])   # [S, n + m, C]
         sal = feats["global"].new_zeros(())
         disc_acc = []
-        for s in self.streams:
-            probs = logits[s][:n + m].softmax(1).detach()
-            h = self.grl(cdan_multilinear(feats[s][:n + m], probs), t)
-            w = entropy_weight(probs)
+        for k, s in enumerate(self.streams):
+            h = self.grl(cdan_multilinear(feats[s][:n + m], probs[k]), t)
+            w = entropy_weight(probs[k])
             loss_s, acc = domain_adversarial_loss(self.discriminators[self.slot[s]], h[:n], h[n:], w[:n], w[n:])
             sal = sal + loss_s
             disc_acc.append(acc)
 
         # learning effect, dynamic thresholds and masks from the weak view (then the store update)
-        weak = torch.stack([logits[s][n:n + m].softmax(1).detach() for s in self.streams])   # [S, B, C]
+        weak = probs[:, n:]                                                                  # [S, B, C]
         out = self.pseudo_store.step(target["index"], weak)
         self.transfer_steps += 1
 
