@@ -91,13 +91,14 @@ def _domain_generalisation(cfg: TrainConfig) -> TrainConfig | None:
     also an ``--eval`` set, is evaluated once. ``None`` for any other run."""
     import dataclasses
 
+    from fer_lab.evaluate import domain_name
     from fer_lab.methods import METHODS
 
     if METHODS.get(cfg.method).needs_target or not cfg.eval:
         return None
-    base = lambda s: s.split("?", 1)[0]  # noqa: E731
-    target = None if cfg.target is None or base(cfg.target) in {base(e) for e in cfg.eval} else cfg.target
-    evals = tuple(s for s in cfg.source if base(s) not in {base(e) for e in cfg.eval}) + tuple(cfg.eval)
+    named = {domain_name(e) for e in cfg.eval}
+    target = None if cfg.target is None or domain_name(cfg.target) in named else cfg.target
+    evals = tuple(s for s in cfg.source if domain_name(s) not in named) + tuple(cfg.eval)
     return dataclasses.replace(cfg, target=target, eval=evals)
 
 

@@ -74,7 +74,7 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None =
 
 
 # -- domain generalisation ------------------------------------------------------------------------------------------
-def _domain_name(spec: str) -> str:
+def domain_name(spec: str) -> str:
     """``synth:wild?n=400`` -> ``synth:wild`` (the table's column / row name)."""
     return spec.split("?", 1)[0]
 
@@ -91,10 +91,10 @@ def dg_summary(final: Mapping[str, Mapping[str, Any]], sources: Sequence[str],
     nothing is unseen), domains in report order, seen ones first.
     """
     aliases = dict(aliases or {})
-    src = {_domain_name(s) for s in sources}
+    src = {domain_name(s) for s in sources}
     per: dict[str, float] = {}
     for key, report in final.items():
-        name = _domain_name(aliases.get(key, key))
+        name = domain_name(aliases.get(key, key))
         per.setdefault(name, float(report[metric]))
     seen = [d for d in per if d in src]
     unseen = [d for d in per if d not in src]

@@ -295,6 +295,5 @@ def load_run(out_dir: str | os.PathLike, device: str = "cpu") -> tuple[Method, T
     info = json.loads((out_dir / "config.json").read_text())
     cfg = TrainConfig(**info["config"])
     method = build_method(cfg.method, info["hparams"], backbone=cfg.backbone)
-    state = torch.load(out_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-    method.load_state_dict(state["method"])
+    method.load_state_dict(load_method_state(out_dir))
     return method.to(device).eval(), cfg
