@@ -219,6 +219,14 @@ def make_ferplus(root: Path, layout: str = "votes", pixels: str = "fer2013") -> 
             idx += 1
         rows.append((usage, "", [0] * 9 + [10], "empty image name"))
         idx += 1
+
+    def expect(key: str, usage: str, want: int | str) -> None:   # a face with its label and split, or a drop
+        if isinstance(want, int):
+            truth.faces[key] = want
+            truth.splits[key] = FER_SPLIT[usage]
+        else:
+            truth.dropped[key] = want
+
     if layout == "votes":
         new = root / "fer2013new.csv"
         with open(new, "w", newline="") as f:
@@ -234,12 +242,7 @@ def make_ferplus(root: Path, layout: str = "votes", pixels: str = "fer2013") -> 
                 px = np.full((48, 48), shade(want) if isinstance(want, int) else 0, np.uint8)
                 text = _pixels_text(px)
                 w.writerow([0, text, usage] if pixels == "fer2013" else [0, usage, text])
-                key = f"fer2013new.csv:row {i}"
-                if isinstance(want, int):
-                    truth.faces[key] = want
-                    truth.splits[key] = FER_SPLIT[usage]
-                else:
-                    truth.dropped[key] = want
+                expect(f"fer2013new.csv:row {i}", usage, want)
         return truth
     folders = {"Training": "FER2013Train", "PublicTest": "FER2013Valid", "PrivateTest": "FER2013Test"}
     by_folder: dict[str, list[str]] = {}
@@ -250,12 +253,7 @@ def make_ferplus(root: Path, layout: str = "votes", pixels: str = "fer2013") -> 
         write_image(folder / name, shade(want) if isinstance(want, int) else 0, size=(48, 48), fmt="PNG", grey=True)
         by_folder.setdefault(folder.name, []).append(
             f'{name},"(0, 0, 48, 48)",' + ",".join(str(v) for v in votes))
-        key = f"{folders[usage]}/{name}"
-        if isinstance(want, int):
-            truth.faces[key] = want
-            truth.splits[key] = FER_SPLIT[usage]
-        else:
-            truth.dropped[key] = want
+        expect(f"{folders[usage]}/{name}", usage, want)
     for folder, lines in by_folder.items():
         (root / folder / "label.csv").write_text("\n".join(lines) + "\n")
     return truth
