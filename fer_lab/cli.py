@@ -173,7 +173,7 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
     from fer_lab import notebooks as nbs
 
     if args.action == "run":
-        records = nbs.run_all(args.profile, args.device, args.out, args.only)
+        records = nbs.run_all(args.profile, args.device, args.out, args.only, cell_timeout=args.cell_timeout)
         print(nbs.summary_table(records))
         print(f"executed notebooks and HTML in {args.out}")
         return 0
@@ -234,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--device", default="auto")
     n.add_argument("--only", action="append", default=[], help="notebook number or name (repeatable)")
     n.add_argument("--out", default="reports/notebooks")
+    n.add_argument("--cell-timeout", type=float, default=None, metavar="S",
+                   help="interrupt and fail a run whose cell takes longer than S seconds (default: no limit)")
     n.set_defaults(func=cmd_notebooks)
     for kind in ("methods", "backbones", "datasets"):
         sub.add_parser(kind, help=f"list the registered {kind}").set_defaults(func=lambda a, k=kind: _list(k))

@@ -38,8 +38,14 @@ def discover(root: str | Path = NOTEBOOK_DIR, only: Sequence[str] = ()) -> list[
 
 
 def run_notebook(path: str | Path, out_dir: str | Path, parameters: dict[str, Any] | None = None,
-                 html: bool = True, kernel: str = "python3", progress: bool = False) -> dict[str, Any]:
-    """Execute one notebook with papermill; returns ``{"notebook", "seconds", "metrics", "output", "html"}``."""
+                 html: bool = True, kernel: str = "python3", progress: bool = False,
+                 cell_timeout: float | None = None) -> dict[str, Any]:
+    """Execute one notebook with papermill; returns ``{"notebook", "seconds", "metrics", "output", "html"}``.
+
+    ``cell_timeout`` (seconds, default none) bounds each cell: a cell still running then is interrupted and the run
+    fails with papermill's error naming that cell (its traceback shows where it was), instead of waiting forever.
+    The executed notebook is saved after every cell, so ``out_dir`` shows how far a failed run got.
+    """
     import papermill as pm
 
     path, out_dir = Path(path), Path(out_dir)
@@ -49,8 +55,9 @@ def run_notebook(path: str | Path, out_dir: str | Path, parameters: dict[str, An
     params = {"results_path": str(results.resolve()), **(parameters or {})}
     executed = out_dir / path.name
     t0 = time.perf_counter()
+    limits = {"execution_timeout": cell_timeout, "interrupt_on_timeout": True} if cell_timeout else {}
     pm.execute_notebook(str(path), str(executed), parameters=params, kernel_name=kernel, progress_bar=progress,
-                        cwd=str(path.parent))
+                        cwd=str(path.parent), **limits)
     seconds = time.perf_counter() - t0
     if not results.is_file():
         raise RuntimeError(f"{path}: ran, but wrote no metrics to {results} (its results_path parameter)")
@@ -79,14 +86,15 @@ def summary_table(records: Iterable[dict[str, Any]]) -> str:
 
 
 def run_all(profile: str = "auto", device: str = "auto", out_dir: str | Path = "reports/notebooks",
-            only: Sequence[str] = (), root: str | Path = NOTEBOOK_DIR, extra: dict[str, Any] | None = None
-            ) -> list[dict[str, Any]]:
+            only: Sequence[str] = (), root: str | Path = NOTEBOOK_DIR, extra: dict[str, Any] | None = None,
+            cell_timeout: float | None = None) -> list[dict[str, Any]]:
     from tqdm.auto import tqdm
 
     books = discover(root, only)
     records = []
     for nb in tqdm(books, desc="notebooks", unit="nb"):
-        records.append(run_notebook(nb, out_dir, {"profile": profile, "device": device, **(extra or {})}))
+        records.append(run_notebook(nb, out_dir, {"profile": profile, "device": device, **(extra or {})},
+                                    cell_timeout=cell_timeout))
     (Path(out_dir) / "summary.json").write_text(json.dumps(records, indent=1))
     return records
 

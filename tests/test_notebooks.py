@@ -13,6 +13,7 @@ import pytest
 from fer_lab import notebooks as nbs
 
 NOTEBOOKS = nbs.discover()
+CELL_TIMEOUT = 300  # seconds; the slowest cell here takes under a minute: a stuck cell fails fast and is named
 
 
 def test_there_are_numbered_notebooks():
@@ -37,10 +38,28 @@ def test_check_finds_outputs_counts_and_missing_parameters(tmp_path):
     assert cleaned.cells[0].outputs == [] and cleaned.cells[0].execution_count is None
 
 
+def test_cell_timeout_interrupts_the_cell_and_names_it(tmp_path):
+    """A stuck cell fails the run within the limit, with the cell's source and where it was in the error."""
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("results_path = 'r.json'", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("import time\nfor _ in range(600):\n    time.sleep(0.1)  # stuck"),
+        nbformat.v4.new_code_cell("open(results_path, 'w').write('{}')")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "98_stuck.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(Exception) as err:
+        nbs.run_notebook(path, tmp_path / "out", html=False, cell_timeout=3)
+    text = str(err.value)
+    assert "KeyboardInterrupt" in text and "time.sleep(0.1)" in text, text
+    executed = nbformat.read(tmp_path / "out" / path.name, as_version=4)
+    assert executed.cells[-1].get("execution_count") is None  # the run stopped at the stuck cell
+
+
 @pytest.mark.slow
 def test_notebook_00_smoke_metrics(tmp_path):
     record = nbs.run_notebook(NOTEBOOKS[0], tmp_path, {"profile": "smoke", "device": "cpu",
-                                                       "out_dir": str(tmp_path / "runs")}, html=True)
+                                                       "out_dir": str(tmp_path / "runs")}, html=True,
+                              cell_timeout=CELL_TIMEOUT)
     m = record["metrics"]
     acc = m["target_acc"]
     assert m["profile"] == "smoke" and set(acc) == {"source_only", "dann"}
@@ -59,7 +78,7 @@ def test_notebook_05_metrics_tiny(tmp_path):
     comparison is tests/methods/test_gen_fer.py's question, and the README gives the notebook's smoke figures)."""
     path = next(p for p in NOTEBOOKS if p.name == "05_generalizable_fer.ipynb")
     record = nbs.run_notebook(path, tmp_path, {"profile": "tiny", "device": "cpu", "out_dir": str(tmp_path / "runs")},
-                              html=False)
+                              html=False, cell_timeout=CELL_TIMEOUT)
     m = record["metrics"]
     methods = {"gen_fer", "source-only (fine-tuned)", "linear probe"}
     assert m["profile"] == "tiny" and m["encoder"] == "pretrain:tiny" and set(m["mean_unseen"]) == methods
@@ -77,7 +96,8 @@ def test_notebook_01_metrics_tiny(tmp_path):
     """Notebook 01 end to end with every ablation, at the tiny profile (nbval runs it too; the smoke-profile
     comparison itself is tests/test_end_to_end.py's question)."""
     record = nbs.run_notebook(nbs.discover(only=["01"])[0], tmp_path,
-                              {"profile": "tiny", "device": "cpu", "out_dir": str(tmp_path / "runs")}, html=False)
+                              {"profile": "tiny", "device": "cpu", "out_dir": str(tmp_path / "runs")}, html=False,
+                              cell_timeout=CELL_TIMEOUT)
     m = record["metrics"]
     assert m["profile"] == "tiny" and m["stage1_steps"] + 0 < m["steps"]
     expected = {"source-only", "DANN", "CDAN-E", "AGLRLS", "AGLRLS, argmax of the fused stream",
