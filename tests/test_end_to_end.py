@@ -11,8 +11,12 @@ from fer_lab.train import Trainer
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
     "not yet true: at the smoke budget DANN does not reliably beat source-only on SynthFER lab -> wild "
-    "(seed 0: 45.5% vs 55.9%; other seeds and budgets split both ways). Strict: passing makes this test fail "
-    "so the marker gets removed."))
+    "(seed 0: 45.5% vs 55.9%; other seeds and budgets split both ways). The target's class prior is part of "
+    "the cause: wild has RAF-DB's prior (39% happiness) and lab is balanced, and aligning the marginals moves "
+    "predictions away from the frequent class. With one thread, source-only 52.9% (mean class 52.2%) against "
+    "DANN 44.2% (52.1%) at adv_weight 1, 50.8% (53.7%) at 0.3 and 50.2% (54.6%) at 0.1: a lighter domain loss "
+    "beats source-only on mean class accuracy but not on accuracy. With wild's prior made balanced DANN still "
+    "trails (50.8% vs 52.3%, 2 threads). Strict: passing makes this test fail so the marker gets removed."))
 def test_dann_beats_source_only_on_lab_to_wild(smoke):
     assert smoke["dann"] > smoke["source_only"], smoke
     assert smoke["source_only"] > 1 / 7, smoke  # the shift is real but the task is learnable
