@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from fer_lab.data.loading import FaceTensors, iterate, to_device
 from fer_lab.labels import EXPRESSIONS, NUM_CLASSES
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode for the block; its train/eval mode comes back afterwards, also on an error."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 @torch.no_grad()
 def predict_all(method, data: FaceTensors, batch_size: int = 256, device: str | torch.device = "cpu"
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels for every sample of ``data`` (model in eval mode, restored afterwards)."""
-    was_training = method.training
-    method.eval()
-    try:
+    with eval_mode(method):
         logits = [method.predict(to_device(b, device)).float().cpu() for b in iterate(data, batch_size)]
-    finally:
-        method.train(was_training)
     return torch.cat(logits), data.labels.clone()
 
 

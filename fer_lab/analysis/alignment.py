@@ -35,6 +35,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from fer_lab.data.loading import FaceTensors, to_device
+from fer_lab.evaluate import eval_mode
 from fer_lab.labels import EXPRESSIONS
 
 __all__ = [
@@ -149,11 +150,9 @@ def extract_features(method, data: FaceTensors, streams: Sequence[str] | None = 
         rows = np.sort(np.random.default_rng(seed).choice(n, size=int(max_samples), replace=False))
     else:
         rows = np.arange(n)
-    was_training = method.training
-    method.eval()
     feats: dict[str, list[np.ndarray]] = {}
     logits: list[torch.Tensor] = []
-    try:
+    with eval_mode(method):
         for i in range(0, len(rows), batch_size):
             batch = to_device(data.batch(torch.from_numpy(rows[i:i + batch_size])), device)
             emb = method.embed(batch)
@@ -163,8 +162,6 @@ def extract_features(method, data: FaceTensors, streams: Sequence[str] | None = 
                     raise KeyError(f"method.embed has no stream {s!r}; streams: {', '.join(emb)}")
                 feats.setdefault(s, []).append(emb[s].detach().float().reshape(len(batch["labels"]), -1).cpu().numpy())
             logits.append(method.predict(batch).detach().float().cpu())
-    finally:
-        method.train(was_training)
     lg = torch.cat(logits) if logits else torch.zeros(0, len(EXPRESSIONS))
     return FeatureSet(
         features={k: np.concatenate(v).astype(np.float32, copy=False) for k, v in feats.items()},

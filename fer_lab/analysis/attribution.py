@@ -25,6 +25,7 @@ from plotly.subplots import make_subplots
 from torch import Tensor, nn
 
 from fer_lab.data.loading import Batch, FaceTensors, to_device
+from fer_lab.evaluate import eval_mode
 from fer_lab.labels import EXPRESSIONS, LANDMARKS
 
 __all__ = [
@@ -63,17 +64,15 @@ class _ImageToLogits(nn.Module):
 @contextmanager
 def _frozen(method: nn.Module) -> Iterator[None]:
     """Eval mode and ``requires_grad=False`` on every parameter for the duration; both restored afterwards."""
-    was_training = method.training
     flags = [(p, p.requires_grad) for p in method.parameters()]
-    method.eval()
     for p, _ in flags:
         p.requires_grad_(False)
     try:
-        yield
+        with eval_mode(method):
+            yield
     finally:
         for p, f in flags:
             p.requires_grad_(f)
-        method.train(was_training)
 
 
 def window_radius(method: nn.Module) -> float:

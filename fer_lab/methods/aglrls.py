@@ -295,19 +295,16 @@ def glpc_breakdown(method: AGLRLS, data, batch_size: int = 256, device: str | to
     import pandas as pd
 
     from fer_lab.data.loading import iterate, to_device
+    from fer_lab.evaluate import eval_mode
 
-    was_training = method.training
-    method.eval()
     rules, preds, fused, labels = [], [], [], []
-    try:
+    with eval_mode(method):
         for batch in iterate(data, batch_size):
             d = method.predict_details(to_device(batch, device))
             rules.append(d["rule"].cpu())
             preds.append(d["prediction"].cpu())
             fused.append(d["probs"][-1].argmax(1).cpu())      # the fused stream (the only one without locals)
             labels.append(batch["labels"])
-    finally:
-        method.train(was_training)
     rule, pred, fz, y = (torch.cat(x) for x in (rules, preds, fused, labels))
     keep = y >= 0
     rule, pred, fz, y = rule[keep], pred[keep], fz[keep], y[keep]
