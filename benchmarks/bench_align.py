@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 import numpy as np
 import torch
+from _timing import median_seconds
 from PIL import Image
 
 try:
@@ -71,13 +70,7 @@ def jittered(photo: np.ndarray, n: int, seed: int) -> tuple[list, list, list, li
 
 def rate(fn, n_faces: int, repeats: int) -> float:
     """Median faces/s over ``repeats`` runs (after one warm-up run)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return n_faces / statistics.median(times)
+    return n_faces / median_seconds(fn, repeats, warmup=1)
 
 
 def main() -> None:

@@ -10,10 +10,9 @@ the speed-up measured in this run.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from _timing import median_seconds
 
 try:
     from fer_lab.models.global_local import crop_patches, crop_patches_loop
@@ -32,14 +31,7 @@ def _time(fn, fm, lm, grad, stride, cells, warmup: int, repeats: int, device: to
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return median_seconds(step, repeats, warmup)
 
 
 def main() -> None:
