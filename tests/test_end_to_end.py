@@ -10,13 +10,15 @@ from fer_lab.train import Trainer
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
-    "not yet true: at the smoke budget DANN does not reliably beat source-only on SynthFER lab -> wild "
-    "(seed 0: 45.5% vs 55.9%; other seeds and budgets split both ways). The target's class prior is part of "
-    "the cause: wild has RAF-DB's prior (39% happiness) and lab is balanced, and aligning the marginals moves "
-    "predictions away from the frequent class. With one thread, source-only 52.9% (mean class 52.2%) against "
-    "DANN 44.2% (52.1%) at adv_weight 1, 50.8% (53.7%) at 0.3 and 50.2% (54.6%) at 0.1: a lighter domain loss "
-    "beats source-only on mean class accuracy but not on accuracy. With wild's prior made balanced DANN still "
-    "trails (50.8% vs 52.3%, 2 threads). Strict: passing makes this test fail so the marker gets removed."))
+    "not true on SynthFER lab -> wild: DANN loses to source-only on all five seeds tried (smoke, 1 thread, "
+    "seeds 0-4: 52.9/55.5/57.1/49.9/46.6 % against 44.2/47.4/48.3/38.5/41.8 %) and by more at 1,200 steps "
+    "(59.0 vs 43.3 %, 57.2 vs 46.6 %). No setting of the method tried closes the gap: adversarial weight 0.03-1, "
+    "GRL steepness 3, discriminator lr x0.1, width 256, no dropout, TLlib's BatchNorm discriminator (collapses "
+    "to 14 %), the pre-trained identity backbone. The wild preset's pose shift and label-prior shift are what "
+    "defeat marginal alignment: on a target with only wild's appearance (colour, clutter, light, blur, noise; "
+    "frontal, balanced, lab expressions) DANN wins 4 of 5 seeds (mean +2.9 points); with wild's pose "
+    "and occluders added it trails source-only by 4-6 points. Strict: passing makes this test fail so the "
+    "marker gets removed."))
 def test_dann_beats_source_only_on_lab_to_wild(smoke):
     assert smoke["dann"] > smoke["source_only"], smoke
     assert smoke["source_only"] > 1 / 7, smoke  # the shift is real but the task is learnable

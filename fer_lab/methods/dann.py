@@ -26,6 +26,8 @@ class DANNHparams(Hparams):
     grl_alpha: float = 10.0        # lambda_p schedule steepness (JMLR Eq. 14)
     disc_hidden: int = 1024        # TLlib / CDAN discriminator width
     disc_lr_mult: float = 1.0
+    disc_dropout: float = 0.5      # CDAN AdversarialNetwork: dropout 0.5, no BatchNorm
+    disc_batch_norm: bool = False  # TLlib DomainDiscriminator: BatchNorm after each hidden layer (then dropout 0)
 
 
 @METHODS.register("dann")
@@ -34,7 +36,8 @@ class DANN(Method):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.discriminator = DomainDiscriminator(self.disc_input_dim(), hidden=self.hp.disc_hidden)
+        self.discriminator = DomainDiscriminator(self.disc_input_dim(), hidden=self.hp.disc_hidden,
+                                                 dropout=self.hp.disc_dropout, batch_norm=self.hp.disc_batch_norm)
         self.grl = WarmStartGradientReverse(alpha=self.hp.grl_alpha)
 
     def disc_input_dim(self) -> int:

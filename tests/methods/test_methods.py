@@ -67,6 +67,14 @@ def test_cdan_discriminator_sees_multilinear_map():
     assert r.discriminator[0].in_features == 256
 
 
+def test_discriminator_variant_follows_hparams():
+    default = build_method("dann")  # CDAN's AdversarialNetwork: dropout 0.5, no BatchNorm
+    assert [type(m).__name__ for m in default.discriminator] == ["Linear", "ReLU", "Dropout"] * 2 + ["Linear"]
+    tllib = build_method("cdan", {"disc_batch_norm": "true", "disc_dropout": "0", "disc_hidden": 64})
+    assert [type(m).__name__ for m in tllib.discriminator] == ["Linear", "BatchNorm1d", "ReLU"] * 2 + ["Linear"]
+    assert tllib.discriminator[0].out_features == 64
+
+
 def test_hparams_typed_unknown_and_cli_strings():
     hp = DANNHparams.from_dict({"adv_weight": "0.5", "nesterov": "false", "feat_dim": "32"})
     assert hp.adv_weight == 0.5 and hp.nesterov is False and hp.feat_dim == 32
