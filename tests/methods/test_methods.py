@@ -9,7 +9,7 @@ from fer_lab.methods.dann import DANNHparams
 
 from conftest import synth_pair
 
-BASELINES = ["source_only", "dann", "cdan"]
+BASELINES = ["source_only", "dann", "cdan", "iwdan"]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_contract_shapes_and_multi_source(name, tiny):
 
 def test_adversarial_methods_touch_the_discriminator(tiny):
     torch.manual_seed(0)
-    for name in ("dann", "cdan"):
+    for name in ("dann", "cdan", "iwdan"):
         m = build_method(name)
         before = [p.detach().clone() for p in m.discriminator.parameters()]
         m.update(tiny[0], tiny[1], 0.5)

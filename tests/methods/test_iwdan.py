@@ -1,0 +1,101 @@
+import torch
+
+from fer_lab.labels import EXPRESSIONS
+from fer_lab.methods import build_method
+
+from conftest import synth_pair
+
+HAPPY, NEUTRAL = EXPRESSIONS.index("happiness"), EXPRESSIONS.index("neutral")
+
+
+def _batches(n: int = 64):
+    src, tgt = synth_pair(n=n, seed=5, split="train")
+    s = src.batch(torch.arange(32))
+    t = tgt.batch(torch.arange(32))
+    t["labels"] = torch.full_like(t["labels"], -1)
+    return s, t
+
+
+def test_with_unit_weights_iwdan_is_dann():
+    s, t = _batches()
+    torch.manual_seed(0)
+    dann = build_method("dann", {"lr": 0.02})
+    torch.manual_seed(0)
+    iwdan = build_method("iwdan", {"lr": 0.02, "iw_every": 1000})  # no solve: w stays 1
+    for step in range(3):
+        torch.manual_seed(step)  # the same dropout masks in both discriminators
+        a = dann.update(s, t, 0.5)
+        torch.manual_seed(step)
+        b = iwdan.update(s, t, 0.5)
+        for key in ("loss", "cls", "adv"):
+            assert abs(a[key] - b[key]) < 1e-5, (step, key, a[key], b[key])
+    assert all(b[f"w_{c}"] == 1.0 for c in EXPRESSIONS)
+    for (name, p), q in zip(dann.named_parameters(), iwdan.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=0, msg=name)
+
+
+def test_weights_follow_a_skewed_target_prior():
+    """Source: balanced lab faces. Target: lab faces of two classes only (happiness, neutral). Once the classifier
+    has learnt the source, the weights move towards p_T / p_S: up for the two target classes, down for the rest."""
+    lab = synth_pair(n=448, seed=7, split="train")[0]
+    keep = torch.nonzero((lab.labels == HAPPY) | (lab.labels == NEUTRAL)).flatten()
+    torch.manual_seed(0)
+    m = build_method("iwdan", {"lr": 0.05, "iw_every": 20, "iw_ma": 0.0, "adv_weight": 0.1})
+    g = torch.Generator().manual_seed(0)
+    for step in range(80):
+        s = lab.batch(torch.randperm(len(lab), generator=g)[:32])
+        t = lab.batch(keep[torch.randperm(len(keep), generator=g)[:32]])
+        t["labels"] = torch.full_like(t["labels"], -1)
+        logs = m.update(s, t, step / 80)
+    w = m.importance.weights
+    others = [i for i in range(7) if i not in (HAPPY, NEUTRAL)]
+    assert w[HAPPY] > 1.5 and w[NEUTRAL] > 1.5, w
+    assert w[others].max() < 0.6, w
+    assert logs["w_happiness"] == float(w[HAPPY])
+
+
+def test_refresh_schedule_is_one_target_epoch_and_resumes():
+    s, t = _batches()
+    m = build_method("iwdan")
+    m.setup_data([2000], 2000, 32)
+    assert m.refresh_every == 62
+    assert build_method("iwdan", {"iw_every": 5}).refresh_every == 5
+    m.update(s, t, 0.1)
+    state = m.state_dict()
+    assert int(state["importance.steps"]) == 1 and abs(float(state["importance.joint"].sum()) - 32) < 1e-4  # 32 float32 softmax rows
+    other = build_method("iwdan")
+    other.load_state_dict(state)
+    assert torch.equal(other.importance.joint, m.importance.joint)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_mid_epoch_equals_uninterrupted(tmp_path):
+    """The weights and the half-gathered statistics of C and mu travel with the checkpoint: a run cut between two
+    solves and resumed ends exactly as an uninterrupted one."""
+    import pytest
+
+    from fer_lab.config import TrainConfig
+    from fer_lab.train import Trainer
+
+    def cfg(out, **kw):  # 64 target faces, batch 16: a solve every 4 steps
+        return TrainConfig(method="iwdan", profile="tiny", steps=12, n_train=64, n_test=32, batch_size=16,
+                           checkpoint_every=6, eval_every=12, log_every=2, progress=False, out_dir=str(out), **kw)
+
+    full = Trainer(cfg(tmp_path / "full")).fit()
+
+    class StopAt:
+        def on_step(self, trainer, step, logs):
+            if step == 7:  # after the step-6 checkpoint, which holds statistics of steps 5-6
+                raise _Stop
+
+    with pytest.raises(_Stop):
+        Trainer(cfg(tmp_path / "cut"), callbacks=[StopAt()]).fit()
+    resumed = Trainer(cfg(tmp_path / "cut", resume=True)).fit()
+    assert resumed.final == full.final
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["method"]
+    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["method"]
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert int(a["importance.steps"]) == 12 and not torch.equal(a["importance.weights"], torch.ones(7))
