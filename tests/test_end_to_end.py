@@ -53,12 +53,20 @@ def smoke(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_aglrls_beats_its_stage_one_and_cdan_e(smoke):
-    acc = smoke
-    # stage 2 adapts the stage-1 model, and the seven-stream method beats the CDAN-E loss it is built on
-    # (seed 0 on 2 threads: stage 1 36.6 %, AGLRLS 52.4 %, CDAN-E 36.9 %)
-    assert acc["aglrls"] > acc["aglrls_stage1"] + 0.05, acc
-    assert acc["aglrls"] > acc["cdan"], acc
+def test_aglrls_beats_its_stage_one(smoke):
+    # stage 2 adapts the stage-1 model (seed 0 on 2 threads: stage 1 36.6 %, AGLRLS 52.4 %)
+    assert smoke["aglrls"] > smoke["aglrls_stage1"] + 0.05, smoke
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "not true in general: whether AGLRLS beats the CDAN-E loss it is built on depends on the machine and the seed "
+    "at the smoke budget. On one machine image seed 0 gave AGLRLS 52.4 % against CDAN-E 36.9 % (2 threads); on "
+    "another, the same code and seed give 42.5 % against 48.2 % (2 threads), and seeds 1 and 2 (one thread) "
+    "37.2 % against 50.8 % and 49.1 % against 50.1 %. Strict: passing makes this test fail so the marker gets "
+    "re-examined."))
+def test_aglrls_beats_cdan_e(smoke):
+    assert smoke["aglrls"] > smoke["cdan"], smoke
 
 
 @pytest.mark.slow

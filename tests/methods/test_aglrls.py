@@ -5,7 +5,7 @@ from fer_lab.labels import STREAMS
 from fer_lab.methods import build_method
 from fer_lab.methods.aglrls import FUSED, GLOBAL, GLPC_RULES, AGLRLSHparams, glpc
 
-from conftest import synth_pair
+from conftest import cut_and_resume, synth_pair
 
 
 def _probs(rows):
@@ -166,34 +166,19 @@ def test_stage_two_from_a_stage_one_run_and_ablation_init(tmp_path):
         Trainer(shared).setup()
 
 
-class _Stop(Exception):
-    pass
-
-
 def test_resume_mid_stage_two_equals_uninterrupted(tmp_path):
     """The pseudo-label store, its epoch counter and sigma travel with the checkpoint: a run interrupted in stage 2
     and resumed ends with the weights, store and GLPC sigma of an uninterrupted one."""
     from fer_lab.config import TrainConfig
-    from fer_lab.train import Trainer
 
     def cfg(out, **kw):
         return TrainConfig(method="aglrls", profile="tiny", steps=12, n_train=64, n_test=32, batch_size=16,
                            checkpoint_every=4, eval_every=12, log_every=2, progress=False, out_dir=str(out),
                            hparams={"stage1_fraction": 0.25, "p_cutoff": 0.3}, **kw)
 
-    full = Trainer(cfg(tmp_path / "full")).fit()
-
-    class StopAt:
-        def on_step(self, trainer, step, logs):
-            if step == 10:                        # after the step-8 checkpoint, mid stage 2 (epoch 2 of the target)
-                raise _Stop
-
-    with pytest.raises(_Stop):
-        Trainer(cfg(tmp_path / "cut"), callbacks=[StopAt()]).fit()
-    resumed = Trainer(cfg(tmp_path / "cut", resume=True)).fit()
+    # cut after the step-8 checkpoint, mid stage 2 (epoch 2 of the target)
+    full, resumed, a, b = cut_and_resume(cfg, tmp_path, stop_at=10)
     assert resumed.final == full.final
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["method"]
-    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["method"]
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert (a["pseudo_store.selected"] >= 0).any()     # the store was used (p_cutoff lowered for a tiny run)
     assert int(a["transfer_steps"]) == 9
