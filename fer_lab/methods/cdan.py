@@ -44,11 +44,14 @@ class CDAN(DANN):
         # h = f (x) g  (Eq. 4), or its randomized approximation (Eq. 6)
         return self.multilinear(f, probs) if self.hp.randomized else cdan_multilinear(f, probs)
 
-    def adversarial_loss(self, f: torch.Tensor, logits: torch.Tensor, n: int, progress: float):
+    def adversarial_loss(self, f: torch.Tensor, logits: torch.Tensor, n: int, progress: float,
+                         source_weight: torch.Tensor | None = None):
         probs = logits.softmax(1).detach()
         h = self.grl(self.conditioned(f, probs), progress)
         # w = 1 + exp(-H(g))  (Eq. 8); None = plain CDAN
         w = entropy_weight(probs) if self.hp.entropy_conditioning else None
+        ws, wt = (None, None) if w is None else (w[:n], w[n:])
+        if source_weight is not None:  # extra per-source-row weights (e.g. class ratios) multiply in
+            ws = source_weight if ws is None else ws * source_weight
         # E[ w * BCE(D(h), d) ], weights normalised per domain  (Eq. 9)
-        return domain_adversarial_loss(self.discriminator, h[:n], h[n:],
-                                       None if w is None else w[:n], None if w is None else w[n:])
+        return domain_adversarial_loss(self.discriminator, h[:n], h[n:], ws, wt)

@@ -61,8 +61,10 @@ class DANN(Method):
         return {"loss": loss.item(), "cls": cls.item(), "adv": adv.item(), "disc_acc": float(disc_acc),
                 "grl_coeff": self.grl.coeff(progress)}
 
-    def adversarial_loss(self, f: Tensor, logits: Tensor, n: int, progress: float) -> tuple[Tensor, Tensor]:
-        """The domain loss on features ``f`` (the first ``n`` rows are source); returns (loss, disc accuracy)."""
+    def adversarial_loss(self, f: Tensor, logits: Tensor, n: int, progress: float,
+                         source_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The domain loss on features ``f`` (the first ``n`` rows are source); returns (loss, disc accuracy).
+        ``source_weight`` ``[n]`` optionally weights the source rows (IWDAN's class-ratio weights)."""
         # L_dom = BCE(D(GRL_lambda_p(F(x))), d), source d=1, target d=0
         r = self.grl(f, progress)
-        return domain_adversarial_loss(self.discriminator, r[:n], r[n:])
+        return domain_adversarial_loss(self.discriminator, r[:n], r[n:], source_weight, None)

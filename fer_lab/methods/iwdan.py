@@ -27,9 +27,8 @@ import torch.nn.functional as F
 from fer_lab.data.loading import Batch
 from fer_lab.label_shift import ImportanceWeights
 from fer_lab.labels import EXPRESSIONS
-from fer_lab.methods.base import METHODS, SourceInput, joint_forward, pooled
+from fer_lab.methods.base import METHODS, SourceInput, classification_loss, joint_forward, pooled
 from fer_lab.methods.dann import DANN, DANNHparams
-from fer_lab.models import domain_adversarial_loss
 
 
 @dataclass
@@ -62,11 +61,12 @@ class IWDAN(DANN):
         y = xs["labels"]
         w = self.importance.sample_weights(y)  # w_{y_i}
         # L_cls = 1/n sum_i w_{y_i} CE(C(F(x_i)), y_i)
-        ce = F.cross_entropy(logits[:n], y, ignore_index=-1, reduction="none")
-        cls = (ce * w).mean() if self.hp.weight_classifier else ce[y >= 0].mean()
+        if self.hp.weight_classifier:
+            cls = (F.cross_entropy(logits[:n], y, ignore_index=-1, reduction="none") * w).mean()
+        else:
+            cls = classification_loss(logits[:n], y)
         # L_dom: BCE(D(GRL(F(x))), d), source rows weighted by w_{y_i}, target rows by 1
-        r = self.grl(f, progress)
-        adv, disc_acc = domain_adversarial_loss(self.discriminator, r[:n], r[n:], w, None)
+        adv, disc_acc = self.adversarial_loss(f, logits, n, progress, source_weight=w)
         loss = cls + self.hp.adv_weight * adv
         self.step(loss)
         # statistics of C = p_S(yhat, y) and mu = p_T(yhat); re-solve w once per target epoch
