@@ -60,10 +60,12 @@ def _add_run_args(p: argparse.ArgumentParser, with_method: bool = True) -> None:
 
 
 def _config(args: argparse.Namespace, **override: Any) -> TrainConfig:
+    from fer_lab.data.spec import split_specs
+
     target = None if args.target.lower() in ("", "none") else args.target
     values = dict(
-        method=getattr(args, "method", "source_only"), source=tuple(s for s in args.source.split(",") if s),
-        target=target, eval=tuple(s for s in args.eval.split(",") if s), backbone=args.backbone,
+        method=getattr(args, "method", "source_only"), source=split_specs(args.source),
+        target=target, eval=split_specs(args.eval), backbone=args.backbone,
         backbone_weights=args.backbone_weights, profile=args.profile, steps=args.steps, batch_size=args.batch_size,
         image_size=args.image_size, n_train=args.n_train, n_test=args.n_test, eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, lr_schedule=args.lr_schedule,

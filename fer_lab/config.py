@@ -71,11 +71,9 @@ class TrainConfig:
         values = {k: (PROFILES[profile][k] if getattr(self, k) is None and k in PROFILES[profile] else getattr(self, k))
                   for k in (f.name for f in dataclasses.fields(self))}
         values["profile"] = profile
-        if isinstance(values["source"], str):
-            values["source"] = tuple(s for s in values["source"].split(",") if s)
-        if isinstance(values["eval"], str):
-            values["eval"] = tuple(s for s in values["eval"].split(",") if s)
-        values["source"], values["eval"] = tuple(values["source"]), tuple(values["eval"])
+        from fer_lab.data.spec import split_specs
+
+        values["source"], values["eval"] = split_specs(values["source"]), split_specs(values["eval"])
         cfg = TrainConfig(**values)
         cfg.check()
         return cfg

@@ -39,3 +39,8 @@ def test_auto_profile_follows_environment(monkeypatch):
     monkeypatch.setenv("FER_LAB_PROFILE", "bogus")
     with pytest.raises(ValueError, match="unknown profile 'bogus'"):
         TrainConfig(profile="auto").resolved()
+
+
+def test_a_knob_range_in_a_source_spec_is_not_split():
+    cfg = TrainConfig(source="synth:lab?blur=0,1,synth:lowres", target=None).resolved()
+    assert cfg.source == ("synth:lab?blur=0,1", "synth:lowres")

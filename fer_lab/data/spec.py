@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -95,6 +96,26 @@ def parse_spec(spec: str | DatasetSpec) -> DatasetSpec:
     if "split" in params and params["split"] not in SPLITS:
         raise SpecError(f"dataset spec {spec!r}: split {params['split']!r} is not one of {', '.join(SPLITS)}")
     return DatasetSpec(name.strip().lower(), arg, params)
+
+
+_SPEC_START = re.compile(r"^\s*[A-Za-z][\w-]*:")
+
+
+def split_specs(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """A comma-separated list of specs, split only where a new ``name:`` begins, so a knob's ``lo,hi`` value stays
+    inside its spec: ``'synth:lab?blur=0,1,synth:wild'`` -> ``('synth:lab?blur=0,1', 'synth:wild')``.
+    A tuple or list is returned as a tuple unchanged."""
+    if not isinstance(text, str):
+        return tuple(text)
+    specs: list[str] = []
+    for piece in text.split(","):
+        if not piece.strip():
+            continue
+        if specs and not _SPEC_START.match(piece):
+            specs[-1] += "," + piece
+        else:
+            specs.append(piece.strip())
+    return tuple(specs)
 
 
 def resolve_path(arg: str) -> Path:

@@ -47,3 +47,12 @@ def test_relative_paths_resolve_under_env(monkeypatch, tmp_path):
 def test_load_dataset_applies_defaults_only_where_unset():
     d = load_dataset("synth:lab?n=20", split="test", defaults={"n": 99, "size": 32})
     assert len(d) == 20 and d.images.shape[1:3] == (32, 32)
+
+
+def test_split_specs_keeps_knob_ranges_inside_their_spec():
+    from fer_lab.data.spec import split_specs
+
+    assert split_specs("synth:lab?blur=0,1,synth:wild") == ("synth:lab?blur=0,1", "synth:wild")
+    assert split_specs("synth:lab?lighting=0.1,0.6&noise=0,0.03") == ("synth:lab?lighting=0.1,0.6&noise=0,0.03",)
+    assert split_specs("synth:lab,rafdb:/d/RAF-DB,") == ("synth:lab", "rafdb:/d/RAF-DB")
+    assert split_specs(("a:1", "b:2")) == ("a:1", "b:2")
