@@ -4,7 +4,7 @@
 # Extra arguments go to `jupyter lab` (e.g. --port 8890, --no-browser, or a notebook to open).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+FER_LAB_BROWSER=0 bash scripts/setup.sh
 export FER_LAB_CACHE=${FER_LAB_CACHE:-$PWD/.cache/fer-lab}
 export JUPYTER_PATH="$PWD/.venv/share/jupyter${JUPYTER_PATH:+:$JUPYTER_PATH}"
 exec .venv/bin/jupyter lab --ServerApp.root_dir="$PWD/notebooks" "$@"

@@ -5,6 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
 VENV=${FER_LAB_VENV:-.venv}
+# Chromium for the browser test (tests/test_jupyterlab_browser.py, driven by Playwright): Debian's package, installed
+# where we are root and apt-get works; elsewhere that test is skipped and says why. Nothing to do once it is there.
+# FER_LAB_BROWSER=0 leaves the browser alone.
+if [ "${FER_LAB_BROWSER:-1}" != 0 ] && ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
+   && command -v apt-get >/dev/null 2>&1; then
+  echo "installing chromium (apt-get) for the browser test ..." >&2
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null; then
+    echo "warning: apt-get could not install chromium; the browser test will be skipped" >&2
+  fi
+fi
 stamp_src=$(cat pyproject.toml requirements/constraints.txt requirements/no-deps.txt | sha1sum | cut -d' ' -f1)
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.fer-lab-stamp" 2>/dev/null)" = "$stamp_src" ]; then
   exit 0
