@@ -7,7 +7,8 @@ threshold, fixed or per class and dynamic. These tools show what a threshold kee
 * :func:`precision_coverage`: for each threshold ``t``, ``coverage(t)`` = fraction of samples with
   ``max prob >= t`` and ``precision(t)`` = accuracy of those accepted samples (NaN when none is accepted).
 * :func:`threshold_curves_figure`: per-class thresholds logged during training.
-* :class:`ThresholdExplorer`: a slider that updates per-class accepted counts and precision.
+* :class:`ThresholdExplorer`: a slider that updates per-class accepted counts and precision (in a live kernel;
+  an exported HTML report shows it as a static figure at the threshold it was left at, and says so).
 
 Inputs are probabilities ``[N, C]`` (rows summing to 1; use :func:`to_probs` on logits) as numpy arrays or
 tensors, and labels ``[N]`` with -1 for unknown. Figures are returned, never shown.
@@ -15,6 +16,8 @@ tensors, and labels ``[N]`` with -1 for unknown. Figures are returned, never sho
 
 from __future__ import annotations
 
+import html
+from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -270,6 +273,32 @@ def threshold_curves_figure(history: Any, class_names: Sequence[str] = EXPRESSIO
     return fig
 
 
+STATIC_NOTE = ("Static view at threshold {threshold:.2f}: the slider and the class menu need a live kernel. "
+               "Open the notebook in JupyterLab (bash scripts/lab.sh) and run it to explore.")
+
+
+@lru_cache(maxsize=1)
+def _explorer_box_class():
+    """A ``VBox`` whose display bundle also carries a static HTML view of its explorer (built lazily: ipywidgets
+    is imported only when an explorer is made)."""
+    import ipywidgets as widgets
+
+    class ExplorerBox(widgets.VBox):
+        """The explorer's controls and figure. Its display bundle holds the live widget view and, beside it, a
+        ``text/html`` copy of the current figure with a note: JupyterLab shows the widget, while an exported HTML
+        report (which has no kernel to answer the slider) falls back to the static copy."""
+
+        explorer: "ThresholdExplorer | None" = None
+
+        def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
+            bundle = super()._repr_mimebundle_(**kwargs)
+            if bundle is not None and self.explorer is not None:
+                bundle["text/html"] = self.explorer.static_html()
+            return bundle
+
+    return ExplorerBox
+
+
 def _figure_widget_class():
     """``go.FigureWidget`` when it can be built (plotly >= 6 needs ``anywidget``), else ``None``."""
     try:
@@ -317,8 +346,9 @@ class ThresholdExplorer:
         self.slider.observe(self._on_change, names="value")
         self.dropdown.observe(self._on_change, names="value")
         self.update()
-        self.widget = widgets.VBox([widgets.HBox([self.slider, self.dropdown]),
-                                    self.figure if fw is not None else self.output])
+        self.widget = _explorer_box_class()([widgets.HBox([self.slider, self.dropdown]),
+                                             self.figure if fw is not None else self.output])
+        self.widget.explorer = self
 
     # -- state -----------------------------------------------------------------------------------------------
     def stats(self, threshold: float | None = None) -> dict[str, Any]:
@@ -381,6 +411,19 @@ class ThresholdExplorer:
             self.figure.data[2].marker.color = colors
             self.figure.layout.title.text = self.title_text(s)
         self._redisplay()
+
+    def static_note(self) -> str:
+        """What the static copy of the explorer says about itself (an exported report has no kernel)."""
+        return STATIC_NOTE.format(threshold=self.slider.value)
+
+    def static_html(self) -> str:
+        """The current figure as HTML with :meth:`static_note` above it, for a page without a kernel. The figure
+        is a plotly div that expects ``Plotly`` on the page (``fer_lab.notebooks.export_html`` embeds plotly.js
+        once per report), so it stays interactive for hover and zoom."""
+        fig = go.Figure(self.figure)
+        div = fig.to_html(full_html=False, include_plotlyjs=False, default_width="100%")
+        return (f'<div class="fer-lab-static-explorer"><p class="fer-lab-static-note"><em>'
+                f"{html.escape(self.static_note())}</em></p>{div}</div>")
 
     def _on_change(self, change: dict[str, Any]) -> None:
         self.update()

@@ -110,3 +110,18 @@ def test_explorer_slider_updates_figure(capsys):
     assert colors[0] != colors[1] and colors[1] == colors[2]
     assert ex.stats(0.0)["n_accepted"] == 5
     assert capsys.readouterr().out == ""
+
+
+def test_explorer_display_bundle_carries_a_static_figure():
+    """The widget's bundle holds the live view and a static copy of the current figure, with the note saying so."""
+    ex = th.ThresholdExplorer(PROBS, LABELS, threshold=0.0)
+    ex.slider.value = 0.8
+    bundle = ex.widget._repr_mimebundle_()
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == ex.widget.model_id
+    static = bundle["text/html"]
+    assert ex.static_note() in static and "threshold 0.80" in ex.static_note() and "live kernel" in static
+    assert static.count('class="plotly-graph-div"') == 1 and "Plotly.newPlot" in static
+    assert "plotly.js v" not in static  # the library is the page's, embedded once, not the figure's
+    assert '"threshold 0.80: coverage 40.0%' in static  # the figure's current title, not the one it was built with
+    ex.slider.value = 0.0
+    assert '"threshold 0.00: coverage 100.0%' in ex.widget._repr_mimebundle_()["text/html"]
