@@ -55,6 +55,11 @@ Conventions
   are not stored (re-render with ``label_noise=0`` to get them; everything else is unchanged).
 * **Splits.** ``train``, ``val`` and ``test`` draw from disjoint random streams and disjoint subject ids;
   ``all`` is the concatenation of a ``train`` part of ``n - n // 5`` faces and a ``test`` part of ``n // 5``.
+* **Personalised sets.** ``subject=K`` (or ``subject=0,1,2``) makes every face one of those people of the
+  domain's held-out (``test``-split) identity pool, in every split: the ``train`` split then holds a person's
+  unlabelled adaptation faces and the ``test`` split other faces of the same person (pose-aware personalised
+  adaptation, ``fer_lab/methods/pose_ada.py``). :func:`render_at_pose` re-renders chosen faces at another pose
+  (same person, expression, light and background): the truth of a pose swap.
 * **Determinism.** Random draws come from :class:`numpy.random.SeedSequence` streams keyed by
   ``(seed, split, domain name, stream name)`` (identities by subject too, so subject ``k`` is the same person
   whatever ``n`` is); overriding a knob of a domain keeps every other draw, so e.g.
@@ -90,8 +95,8 @@ from fer_lab.labels import EXPRESSIONS, NUM_CLASSES
 
 __all__ = [
     "ACTION_UNITS", "CONFUSION_PARTNER", "DOMAINS", "PROTOTYPES", "RENDERER_VERSION", "SynthDomain",
-    "default_cache_dir", "face_geometry", "landmarks_of", "make_synthfer", "render", "resolve_domain",
-    "sample_faces",
+    "default_cache_dir", "face_geometry", "landmarks_of", "make_synthfer", "parse_subjects", "posed_faces", "render",
+    "render_at_pose", "resolve_domain", "sample_faces",
 ]
 
 #: Bump whenever the drawing, the parameter sampling or the chunking changes: it is part of the cache key.
@@ -464,11 +469,18 @@ def _identities(seed: int, split: str, domain: SynthDomain, n_subjects: int) -> 
     return ident
 
 
-def sample_faces(domain: SynthDomain, n: int, seed: int, split: str) -> dict[str, np.ndarray]:
+def sample_faces(domain: SynthDomain, n: int, seed: int, split: str,
+                 subjects: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
     """Draw everything about ``n`` faces except pixels: labels, subjects, action units, pose, appearance.
 
     Returns a dict of per-face numpy arrays (first axis ``n``); :func:`face_geometry` turns it into drawing
     parameters, :func:`render` into pixels.
+
+    ``subjects`` (personalised targets): every face shows one of these people, dealt round-robin in a shuffled
+    order; person ``k`` is subject ``k`` of the domain's ``test``-split identity pool whatever ``split`` is, so the
+    ``train`` and ``test`` splits of such a set show the same people (different expressions, poses and
+    appearance), and none of the domain's ``train``-split people. ``subject_k`` then holds ``k``. ``None`` (the
+    default) draws exactly what it always drew.
     """
     if split not in _SPLIT_CODES:
         raise ValueError(f"split {split!r} is not one of {', '.join(_SPLIT_CODES)} (or 'all')")
@@ -487,12 +499,18 @@ def sample_faces(domain: SynthDomain, n: int, seed: int, split: str) -> dict[str
         observed = np.where(noisy, alt, truth)
     # subjects: balanced assignment
     r = _rng(seed, split, d.name, "subjects")
-    n_subj = max(1, math.ceil(n / d.images_per_subject))
-    if n_subj >= 1_000_000:
-        raise ValueError(f"SynthFER: {n_subj} subjects is too many (n / images_per_subject < 1e6)")
-    subj_k = r.permutation(n) % n_subj
-    ident = _identities(seed, split, d, n_subj)
-    face = {k: v[subj_k] for k, v in ident.items()}
+    if subjects is None:
+        n_subj = max(1, math.ceil(n / d.images_per_subject))
+        if n_subj >= 1_000_000:
+            raise ValueError(f"SynthFER: {n_subj} subjects is too many (n / images_per_subject < 1e6)")
+        subj_k = r.permutation(n) % n_subj
+        ident = _identities(seed, split, d, n_subj)
+        face = {k: v[subj_k] for k, v in ident.items()}
+    else:
+        chosen = np.asarray(subjects, np.int64)
+        subj_k = chosen[r.permutation(n) % len(chosen)]
+        ident = _identities(seed, "test", d, int(chosen.max()) + 1)
+        face = {k: v[subj_k] for k, v in ident.items()}
     # expression
     r = _rng(seed, split, d.name, "expression")
     lo, hi = d.intensity
@@ -1328,42 +1346,110 @@ def default_cache_dir() -> Path:
     return Path(root) / "synth" if root else Path.home() / ".cache" / "fer-lab" / "synth"
 
 
-def _cache_key(domain: SynthDomain, n: int, size: int, seed: int, split: str) -> str:
-    blob = json.dumps({"v": RENDERER_VERSION, "chunk": _CHUNK, "knobs": domain.knobs(), "n": n, "size": size,
-                       "seed": seed, "split": split}, sort_keys=True)
+def _cache_key(domain: SynthDomain, n: int, size: int, seed: int, split: str,
+               subjects: tuple[int, ...] | None = None) -> str:
+    key = {"v": RENDERER_VERSION, "chunk": _CHUNK, "knobs": domain.knobs(), "n": n, "size": size, "seed": seed,
+           "split": split}
+    if subjects is not None:  # only then: every existing cache entry keeps its key
+        key["subjects"] = list(subjects)
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _generate(domain: SynthDomain, n: int, size: int, seed: int, split: str) -> FaceArrays:
-    s = sample_faces(domain, n, seed, split)
+def _generate(domain: SynthDomain, n: int, size: int, seed: int, split: str,
+              subjects: tuple[int, ...] | None = None, s: dict[str, np.ndarray] | None = None) -> FaceArrays:
+    s = sample_faces(domain, n, seed, split, subjects) if s is None else s
     rsize = domain.render_size or size
     g = face_geometry(s, rsize)
     images = render(s, g, rsize, domain.clutter, _rng(seed, split, domain.name, "pixels"), out_size=size)
     lm = landmarks_of(g) * (size / rsize)
     pose = np.stack([s["yaw"], s["pitch"], s["roll"]], 1)
-    subject = _subject_base(domain.name, split) + s["subject_k"].astype(np.int64)
+    base = _subject_base(domain.name, split if subjects is None else "test")
+    subject = base + s["subject_k"].astype(np.int64)
     return FaceArrays(images, s["labels"].astype(np.int64), lm.astype(np.float32), pose.astype(np.float32),
                       subject.astype(np.int64))
 
 
+def parse_subjects(subject: Any) -> tuple[int, ...] | None:
+    """The ``subject`` parameter of a spec (``3``, ``"0,1,2"``, a list, or ``None``) as a tuple of distinct
+    person indices in the order given; ``ValueError`` names the bad value."""
+    if subject is None:
+        return None
+    parts = subject if isinstance(subject, (list, tuple)) else str(subject).replace(";", ",").split(",")
+    try:
+        ks = [float(str(p).strip()) for p in parts if str(p).strip()]
+    except ValueError:
+        raise ValueError(f"SynthFER: subject must be a person index or a comma-separated list of them, "
+                         f"got {subject!r}") from None
+    if not ks or any(k != int(k) or not 0 <= k < 1_000_000 for k in ks):
+        raise ValueError(f"SynthFER: subject indices must be integers in 0..999999, got {subject!r}")
+    out = tuple(dict.fromkeys(int(k) for k in ks))
+    if len(out) != len(ks):
+        raise ValueError(f"SynthFER: subject {subject!r} names a person twice")
+    return out
+
+
+def posed_faces(domain: str | SynthDomain, index: Any, pose: Any, n: int = 2000, seed: int = 0,
+                split: str = "train", subject: Any = None, **knob_overrides: Any) -> dict[str, np.ndarray]:
+    """The draws of a SynthFER set (:func:`sample_faces`, same arguments as :func:`make_synthfer`) with the head
+    pose of rows ``index`` replaced by ``pose`` (``[m, 3]`` yaw, pitch, roll in degrees): the same person, the
+    same expression (action units), the same light, background and framing, another pose."""
+    dom = resolve_domain(domain, **knob_overrides)
+    if split not in _SPLIT_CODES:
+        raise ValueError(f"split {split!r} is not one of {', '.join(_SPLIT_CODES)}")
+    n = _int("n", n, 1)
+    s = dict(sample_faces(dom, n, _int("seed", seed, 0), split, parse_subjects(subject)))
+    index = np.asarray(index, np.int64).reshape(-1)
+    pose = np.asarray(pose, np.float64).reshape(len(index), 3)
+    if len(index) and (index.min() < 0 or index.max() >= n):
+        raise ValueError(f"SynthFER: face index out of range 0..{n - 1}")
+    for col, name in enumerate(("yaw", "pitch", "roll")):
+        s[name] = s[name].copy()
+        s[name][index] = pose[:, col]
+    return s
+
+
+def render_at_pose(domain: str | SynthDomain, index: Any, pose: Any, n: int = 2000, size: int = 112,
+                   seed: int = 0, split: str = "train", subject: Any = None,
+                   **knob_overrides: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Faces ``index`` of a SynthFER set re-rendered at ``pose`` (the truth for a pose swap): uint8 images
+    ``[m, size, size, 3]`` and their landmarks ``[m, 5, 2]``.
+
+    The whole set is rendered (never cached) so that every face gets the pixel-noise draws it has in the set:
+    a face re-rendered at its own pose equals the stored face bit for bit, and at another pose only the pose
+    differs. ``split`` is ``train``, ``test`` or ``val``."""
+    dom = resolve_domain(domain, **knob_overrides)
+    s = posed_faces(dom, index, pose, n, seed, split, subject)
+    data = _generate(dom, int(n), _int("size", size, 16), int(seed), split, parse_subjects(subject), s=s)
+    index = np.asarray(index, np.int64).reshape(-1)
+    return data.images[index], data.landmarks[index]
+
+
 def make_synthfer(domain: str | SynthDomain = "lab", n: int = 2000, size: int = 112, seed: int = 0,
                   split: str = "train", cache_dir: str | os.PathLike | None = None, *, cache: bool = True,
-                  **knob_overrides: Any) -> FaceArrays:
+                  subject: Any = None, **knob_overrides: Any) -> FaceArrays:
     """SynthFER faces of one domain and split as :class:`FaceArrays`.
 
     ``domain`` is a preset name from :data:`DOMAINS` or a :class:`SynthDomain`; ``knob_overrides`` replace its
     knobs (unknown names raise ``ValueError``). ``split`` is ``train``, ``test``, ``val`` or ``all`` (see the
     module docstring). The result is cached under ``cache_dir`` (``None``: :func:`default_cache_dir`) unless
     ``cache=False``; a cached result is loaded memory-mapped.
+
+    ``subject`` (a person index or a list, ``"0,1,2"`` in a spec) makes a personalised set: every face shows one
+    of those people of the domain's held-out identity pool, the same people in every split (see
+    :func:`sample_faces`); subject ids are then ``base + k`` for person ``k``.
     """
     dom = resolve_domain(domain, **knob_overrides)
+    subjects = parse_subjects(subject)
     n, size, seed = _int("n", n, 0), _int("size", size, 16), _int("seed", seed, 0)
     if split not in ("train", "test", "val", "all"):
         raise ValueError(f"split {split!r} is not one of train, test, val, all")
     folder, damaged = None, False
     if cache:
         root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        folder = root / f"{dom.name}-{split}-n{n}-s{size}-seed{seed}-{_cache_key(dom, n, size, seed, split)}"
+        who = "" if subjects is None else "-subj" + "_".join(map(str, subjects[:4])) + ("_" if len(subjects) > 4 else "")
+        key = _cache_key(dom, n, size, seed, split, subjects)
+        folder = root / f"{dom.name}{who}-{split}-n{n}-s{size}-seed{seed}-{key}"
         if (folder / "meta.json").is_file():
             try:
                 return FaceArrays.load(folder)
@@ -1371,12 +1457,13 @@ def make_synthfer(domain: str | SynthDomain = "lab", n: int = 2000, size: int = 
                 damaged = True  # rebuild it and replace it
     if split == "all":
         n_test = n // 5
-        a, b = _generate(dom, n - n_test, size, seed, "train"), _generate(dom, n_test, size, seed, "test")
+        a = _generate(dom, n - n_test, size, seed, "train", subjects)
+        b = _generate(dom, n_test, size, seed, "test", subjects)
         data = FaceArrays(np.concatenate([a.images, b.images]), np.concatenate([a.labels, b.labels]),
                           np.concatenate([a.landmarks, b.landmarks]), np.concatenate([a.pose, b.pose]),
                           np.concatenate([a.subject, b.subject]))
     else:
-        data = _generate(dom, n, size, seed, split)
+        data = _generate(dom, n, size, seed, split, subjects)
     prior = np.asarray(dom.class_prior, np.float64)
     data.meta = json.loads(json.dumps({
         "name": "synthfer", "domain": dom.name, "split": split, "n": n, "size": size, "seed": seed,
@@ -1385,6 +1472,8 @@ def make_synthfer(domain: str | SynthDomain = "lab", n: int = 2000, size: int = 
         "label_noise_note": "applied to train labels only; test/val labels are clean",
         "renderer_version": RENDERER_VERSION, "landmark_convention": "pixel (i,j) covers [j,j+1)x[i,i+1)",
     }))
+    if subjects is not None:
+        data.meta["subjects"] = list(subjects)
     if folder is not None:
         data.save(folder, overwrite=damaged)  # another process may be writing the same entry: keep the first
     return data
@@ -1402,6 +1491,8 @@ def _int(name: str, value: Any, lo: int) -> int:
 
 @DATASETS.register("synth")
 def synth(arg: str, split: str = "train", n: int = 2000, size: int = 112, seed: int = 0, cache: bool = True,
-          **knobs: Any) -> FaceArrays:
-    """Dataset factory for specs ``synth:<domain>?n=..&size=..&seed=..&cache=..&<knob>=..``."""
-    return make_synthfer(arg or "lab", n=n, size=size, seed=seed, split=split, cache=cache, **knobs)
+          subject: Any = None, **knobs: Any) -> FaceArrays:
+    """Dataset factory for specs ``synth:<domain>?n=..&size=..&seed=..&cache=..&subject=..&<knob>=..``
+    (``subject=3`` or ``subject=0,1,2``: a personalised set of those held-out people, see :func:`make_synthfer`)."""
+    return make_synthfer(arg or "lab", n=n, size=size, seed=seed, split=split, cache=cache, subject=subject,
+                         **knobs)
