@@ -62,6 +62,7 @@ class TrainConfig:
     out_dir: str | None = None
     resume: bool = False
     init_from: str | None = None        # run folder (or checkpoint.pt) whose method weights start this run
+    source_val: bool = False            # also evaluate each source's val split (model selection on the source)
     progress: bool = True
     hparams: dict[str, Any] = field(default_factory=dict)
 

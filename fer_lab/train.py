@@ -110,6 +110,7 @@ class Trainer:
         self.device = resolve_device(self.cfg.device)
         self.method: Method | None = None
         self.eval_sets: dict[str, FaceTensors] = {}
+        self.init_fresh: list[str] = []
 
     # -- set-up -------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -137,6 +138,10 @@ class Trainer:
             self.eval_sets[spec] = load_split(cfg, spec, "test", k + 1)
         if not self.eval_sets:
             self.eval_sets["source"] = load_split(cfg, cfg.source[0], "test", 0)
+        if cfg.source_val:  # "source_val" (one source) or "source_val/<i>" (several): selection without target labels
+            for i, spec in enumerate(cfg.source):
+                name = "source_val" if len(cfg.source) == 1 else f"source_val/{i}"
+                self.eval_sets[name] = load_split(cfg, spec, "val", i)
         aug = Augment.weak() if cfg.augment else None
         strong = Augment.strong() if getattr(self.method, "wants_strong_view", False) else None
         self.method.setup_data([len(d) for d in self.sources], len(self.target) if self.target is not None else None,
@@ -149,9 +154,14 @@ class Trainer:
 
     def init_from(self, path: str) -> None:
         """Start from another run's method weights. Entries this method lacks (e.g. heads an ablation drops) are
-        ignored; anything this method needs that the run lacks is an error."""
+        ignored; anything this method needs that the run lacks is an error, except the modules the method names in
+        ``fresh_on_init`` (e.g. a discriminator, when starting from a source-only stage 1): those start fresh and
+        are listed in ``config.json`` under ``init_fresh``."""
         state = self.method.initial_state(load_method_state(path))
         missing, _ = self.method.load_state_dict(state, strict=False)
+        fresh = tuple(self.method.fresh_on_init)
+        self.init_fresh = sorted(k for k in missing if k.startswith(fresh))
+        missing = [k for k in missing if not k.startswith(fresh)]
         if missing:
             raise ValueError(f"init_from {path}: the saved run lacks {len(missing)} weight(s) this "
                              f"{self.cfg.method} needs: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
@@ -229,8 +239,8 @@ class Trainer:
             start = self.load_checkpoint()
         elif not cfg.resume:
             self.checkpoint_path.unlink(missing_ok=True)
-        _atomic_write_text(json.dumps({"config": cfg.to_dict(), "hparams": self.method.hp.to_dict()}, indent=1),
-                           self.out_dir / "config.json")
+        _atomic_write_text(json.dumps({"config": cfg.to_dict(), "hparams": self.method.hp.to_dict(),
+                                       "init_fresh": self.init_fresh}, indent=1), self.out_dir / "config.json")
         log, history = self._open_log(start)
         t0 = time.perf_counter()
         self.method.train()

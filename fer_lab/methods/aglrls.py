@@ -128,6 +128,10 @@ def glpc(probs: Tensor, sigma: Tensor, order: Sequence[int] = (FUSED, GLOBAL), p
 class AGLRLS(Method):
     """AGLRLS (see the module docstring). ``update`` runs stage 1 then stage 2 by training progress."""
 
+    # from a source-only run (the benchmark's shared stage 1) the fused head starts from its classifier and the
+    # other heads and the discriminators start fresh (its own stage 1, ``stage1_fraction``, then trains them)
+    fresh_on_init = ("heads.", "discriminators.", "grl.")
+
     Hparams = AGLRLSHparams
     wants_strong_view: ClassVar[bool] = True
 
@@ -166,7 +170,12 @@ class AGLRLS(Method):
         # a new run (e.g. stage 2 from a stage-1 run) starts with its own, empty pseudo-label store
         per_run = ("pseudo_store.", "transfer_steps")
         own = {k: v for k, v in self.state_dict().items() if k.startswith(per_run)}
-        return {**{k: v for k, v in state.items() if not k.startswith(per_run)}, **own}
+        state = {**{k: v for k, v in state.items() if not k.startswith(per_run)}, **own}
+        if "fused" in self.slot and not any(k.startswith("heads.") for k in state):  # a source-only run
+            for part in ("weight", "bias"):
+                if f"classifier.{part}" in state:
+                    state[f"heads.{self.slot['fused']}.{part}"] = state.pop(f"classifier.{part}")
+        return state
 
     def param_groups(self) -> list[dict[str, Any]]:
         disc = {id(p) for p in self.discriminators.parameters()}

@@ -104,6 +104,9 @@ class Method(nn.Module):
     summary: ClassVar[str] = ""          # one line for `fer-lab methods` (default: the module docstring's first)
     Hparams: ClassVar[type[Hparams]] = Hparams
     name: ClassVar[str] = ""
+    #: state-dict prefixes that may start fresh when a run is initialised from another method's run (a
+    #: discriminator, when stage 2 starts from a source-only stage 1); anything else missing is an error
+    fresh_on_init: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, hparams: Hparams | dict | None = None, backbone: str = "smallcnn",
                  weights: str | None = None, num_classes: int = NUM_CLASSES) -> None:

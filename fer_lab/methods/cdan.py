@@ -31,6 +31,7 @@ class CDANHparams(DANNHparams):
 
 @METHODS.register("cdan")
 class CDAN(DANN):
+    fresh_on_init = DANN.fresh_on_init + ("multilinear.",)
     Hparams = CDANHparams
 
     def disc_input_dim(self) -> int:

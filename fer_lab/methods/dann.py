@@ -32,6 +32,7 @@ class DANNHparams(Hparams):
 
 @METHODS.register("dann")
 class DANN(Method):
+    fresh_on_init = ("discriminator.", "grl.")      # stage 2 from a source-only stage 1: a new discriminator
     Hparams = DANNHparams
 
     def __init__(self, *args, **kwargs) -> None:

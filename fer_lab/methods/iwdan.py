@@ -41,6 +41,7 @@ class IWDANHparams(DANNHparams):
 
 @METHODS.register("iwdan")
 class IWDAN(DANN):
+    fresh_on_init = DANN.fresh_on_init + ("importance.",)
     Hparams = IWDANHparams
     summary = "IWDAN (Combes et al. 2020): DANN with class-ratio weights estimated for label shift."
 
