@@ -194,6 +194,18 @@ class PoseADA(Method):
     def predict(self, batch: Batch) -> Tensor:
         return self.classifier(self.codes(batch)[0])  # A9
 
+    def cross_adversarial(self, e: Tensor, pose_bins: Tensor, p: Tensor, labels: Tensor,
+                          progress: float) -> tuple[Tensor, Tensor]:
+        """Strategy (ii): ``(CE(P_e(R(e)), b), CE(Q_p(R(p)), y))`` for expression codes ``e`` with pose bins ``b``
+        and pose codes ``p`` with expressions ``y``. The predictors descend their loss; through the reversal
+        layer the encoder receives ``-coeff`` times that gradient, i.e. it ascends it. A term whose weight is 0
+        is a constant 0."""
+        zero = e.new_zeros(())
+        # (ii) L_cross = CE(P_e(R(e)), b) + CE(Q_p(R(p)), y)
+        cross_pe = _ce(self.pose_from_expr(self.grl(e, progress)), pose_bins) if self.hp.cross_pose_weight else zero
+        cross_ep = (_ce(self.expr_from_pose(self.grl(p, progress)), labels) if self.hp.cross_expr_weight else zero)
+        return cross_pe, cross_ep
+
     # -- one step -------------------------------------------------------------------------------------------
     def update(self, source: SourceInput, target: Batch | None, progress: float) -> dict[str, float]:
         hp = self.hp
@@ -221,10 +233,7 @@ class PoseADA(Method):
             r = self.grl(p, progress)
             adv_p, acc_p = domain_adversarial_loss(self.disc_pose, r[:n], r[n:])
             logs["disc_acc_pose"] = float(acc_p)
-        # (ii) L_cross = CE(P_e(R(e)), b) + CE(Q_p(R(p_s)), y_s)
-        cross_pe = _ce(self.pose_from_expr(self.grl(e[:rows], progress)), b_pose) if hp.cross_pose_weight else zero
-        cross_ep = (classification_loss(self.expr_from_pose(self.grl(p[:n], progress)), xs["labels"])
-                    if hp.cross_expr_weight else zero)
+        cross_pe, cross_ep = self.cross_adversarial(e[:rows], b_pose, p[:n], xs["labels"], progress)
         # (iii) L_rec = || G(e, p) - x ||_1
         rec = zero
         if hp.recon_weight:
