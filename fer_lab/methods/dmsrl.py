@@ -90,6 +90,9 @@ class DMSRLHparams(Hparams):
     disc_hidden: int = 512          # AdversarialNetwork(3072, 512): 512 hidden, ReLU, dropout 0.5
     disc_dropout: float = 0.5
     grl_alpha: float = 10.0         # gradient reversal coefficient 2 / (1 + exp(-10 p)) - 1 (resnet.calc_coeff)
+    head_lr_mult: float = 1.0       # learning-rate multiplier of the modules DMSRL adds on top of the extractor
+    #                                 (fusion, split, classifier, discriminators, region heads); 10 is the usual
+    #                                 choice for new layers on a trained extractor (DANN / CDAN reference code)
     # lr stays the trainer's from-scratch default 0.1: the paper's 0.01 is for an ImageNet-pre-trained VGG16 (with
     # pre-trained weights use lr 0.01, as the base Hparams note says)
 
@@ -189,6 +192,10 @@ class DMSRL(Method):
     """DMSRL (see the module docstring)."""
 
     Hparams = DMSRLHparams
+    #: modules that start fresh when a run starts from a source-only stage 1 (``init_from``)
+    fresh_on_init = ("fusion.", "split.", "club.", "spec_classifier.", "discriminator.", "grl.", "centers.",
+                     "region_heads.", "classifier.")
+    HEADS = ("fusion", "split", "spec_classifier", "discriminator", "region_heads", "classifier")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -230,7 +237,16 @@ class DMSRL(Method):
 
     def param_groups(self) -> list[dict[str, Any]]:
         own = self._own()
-        return [{**g, "params": [p for p in g["params"] if id(p) not in own]} for g in super().param_groups()]
+        heads = [p for name in self.HEADS if hasattr(self, name) for p in getattr(self, name).parameters()]
+        own |= {id(p) for p in heads}
+        groups = [{**g, "params": [p for p in g["params"] if id(p) not in own]} for g in super().param_groups()]
+        return groups + [{"params": heads, "lr_mult": self.hp.head_lr_mult}]
+
+    def initial_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        # from another method's run (e.g. a source-only stage 1): entries of another shape (its classifier on the
+        # fused stream) are left out, so those modules start fresh (fresh_on_init)
+        mine = self.state_dict()
+        return {k: v for k, v in state.items() if k not in mine or mine[k].shape == v.shape}
 
     @property
     def center_optimizer(self) -> torch.optim.Optimizer:

@@ -222,3 +222,22 @@ def test_overlap4_matches_the_released_crops_on_a_7x7_map():
     assert torch.equal(out[:, 3], fmap[:, :, 2:7, 2:7].mean(dim=(2, 3)))
     with pytest.raises(ValueError, match="regions.py: unknown region layout 'nine'"):
         fixed_regions(fmap, "nine")
+
+
+def test_starts_from_a_source_only_stage_one(tmp_path):
+    """The benchmark's stage 2: the extractor comes from the source-only run, DMSRL's own modules start fresh."""
+    from fer_lab.config import TrainConfig
+    from fer_lab.train import Trainer
+
+    base = dict(profile="tiny", steps=2, n_train=32, n_test=32, batch_size=8, progress=False)
+    s1 = Trainer(TrainConfig(method="source_only", target=None, **base, out_dir=str(tmp_path / "s1"))).fit()
+    t = Trainer(TrainConfig(method="dmsrl", **base, init_from=str(s1.out_dir), out_dir=str(tmp_path / "s2"),
+                            hparams={"embed_dim": 16, "part_dim": 8, "head_lr_mult": 10.0}))
+    t.setup()
+    start = torch.load(s1.out_dir / "checkpoint.pt", weights_only=True)["method"]
+    key = "extractor.global_head.0.weight"
+    assert torch.equal(t.method.state_dict()[key], start[key])
+    assert "classifier.weight" in t.init_fresh and "centers.source" in t.init_fresh
+    groups = t.method.optimizers()["main"].param_groups
+    assert groups[-1]["lr_mult"] == 10.0 and any(p is t.method.classifier.weight for p in groups[-1]["params"])
+    assert t.fit().final["target"]["n"] == 32
