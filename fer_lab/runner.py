@@ -252,3 +252,183 @@ def run_jobs(jobs: Iterable[Job], root: str | os.PathLike, launcher: str = "loca
     if failed and raise_on_failure:
         raise JobFailed(f"{len(failed)} job(s) failed: {', '.join(failed)} (tracebacks in {root}/<key>/error.txt)")
     return outcomes
+
+
+# -- launchers on other engines: Ray tasks and Slurm (submitit) --------------------------------------------------
+def _dispatch(jobs: Sequence[Job], root: Path, on_finish: Callable[[Outcome], None],
+              submit: Callable[[Job], Any], wait: Callable[[list[Any]], list[tuple[Any, dict[str, Any]]]],
+              max_in_flight: int, cancel: Callable[[list[Any]], None] = lambda handles: None) -> None:
+    """The scheduling loop of the engine launchers: submit each job once its dependencies are done (at most
+    ``max_in_flight`` at once), report each as it finishes. ``submit(job)`` returns a hashable handle;
+    ``wait(handles)`` blocks until at least one finished and returns ``(handle, execute's dict)`` pairs, with
+    ``"crashed": True`` where the worker itself died (then no error.txt exists yet)."""
+    pending = list(jobs)
+    state: dict[str, str] = {}
+    running: dict[Any, Job] = {}
+    try:
+        while pending or running:
+            for job in list(pending):
+                if len(running) >= max(1, max_in_flight):
+                    break
+                deps = [state.get(d, "done" if is_done(root, d) else None) for d in job.after]
+                if any(d == "failed" for d in deps):
+                    pending.remove(job)
+                    bad = next(d for d, s in zip(job.after, deps) if s == "failed")
+                    msg = f"not run: the job it depends on, {bad}, failed"
+                    _atomic_write(job_dir(root, job.key) / "error.txt", msg + "\n")
+                    state[job.key] = "failed"
+                    on_finish(Outcome(job.key, "failed", error=msg))
+                    continue
+                if all(d == "done" for d in deps):
+                    pending.remove(job)
+                    running[submit(job)] = job
+            if not running:
+                if pending:
+                    missing = sorted({d for j in pending for d in j.after if d not in state and not is_done(root, d)})
+                    raise JobFailed(f"jobs wait on unknown or unfinished jobs: {', '.join(missing)}")
+                break
+            for handle, out in wait(list(running)):
+                job = running.pop(handle)
+                if out.pop("crashed", False):
+                    _atomic_write(job_dir(root, job.key) / "error.txt", out["error"])
+                state[job.key] = out["status"]
+                on_finish(Outcome(job.key, out["status"], out.get("result"), out.get("error"), out["seconds"]))
+    except BaseException:
+        cancel(list(running))
+        raise
+
+
+def _crashed(what: str) -> dict[str, Any]:
+    return {"status": "failed", "seconds": 0.0, "crashed": True,
+            "error": f"the {what} running this job died or was stopped:\n{traceback.format_exc()}"}
+
+
+RAY_RESOURCES = ("num_cpus", "num_gpus", "memory", "resources", "accelerator_type")
+
+
+def launch_ray(jobs: Sequence[Job], root: Path, workers: int, threads: int,
+               on_finish: Callable[[Outcome], None], address: str | None = None, num_gpus: float | None = None,
+               temp_dir: str | None = None, runtime_env: dict[str, Any] | None = None) -> None:
+    """Run ``jobs`` as Ray tasks (one task per job, each calling :func:`execute`, so done markers and logs are the
+    local launcher's), at most ``workers`` at once.
+
+    ``address`` names an existing cluster (``"ray://head:10001"``, ``"head:6379"`` or ``"auto"``); there ``root``
+    must be on a file system every node sees and fer_lab importable on every node. Without it a private local
+    cluster is started on 127.0.0.1 with ``workers * threads`` CPUs (``num_gpus``: the GPUs it offers, default
+    detected), no dashboard, no usage statistics and its temp dir in ``temp_dir`` (default a new folder under
+    /tmp: Ray's socket paths must stay short), and stopped at the end. A session already connected (``ray.init``
+    called by the caller) is used as it is. Each task asks for ``threads`` CPUs unless its ``Job.resources`` says
+    otherwise (``{"num_cpus": 2, "num_gpus": 1}``; Ray's ``memory``, ``resources`` and ``accelerator_type`` too).
+    Tasks are never retried by Ray: a failure is kept in error.txt and the next run of the sweep retries it."""
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("the ray launcher needs Ray: pip install 'ray==2.60.0' (see requirements/constraints.txt)") \
+            from None
+    for job in jobs:
+        unknown = sorted(set(job.resources) - set(RAY_RESOURCES))
+        if unknown:
+            raise ValueError(f"job {job.key}: resource(s) {', '.join(unknown)} are not Ray task options "
+                             f"({', '.join(RAY_RESOURCES)})")
+    started = False
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        quiet = dict(log_to_driver=False, logging_level="warning")
+        if address:
+            ray.init(address=address, runtime_env=runtime_env, **quiet)
+        else:
+            import tempfile
+
+            env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p and os.path.isdir(p)),
+                                "RAY_USAGE_STATS_ENABLED": "0"}}
+            for k, v in (runtime_env or {}).items():
+                env[k] = {**env.get(k, {}), **v} if isinstance(v, dict) else v
+            ray.init(address="local", num_cpus=max(1, workers) * threads, num_gpus=num_gpus,
+                     include_dashboard=False, _node_ip_address="127.0.0.1", object_store_memory=100 * 2**20,
+                     _temp_dir=temp_dir or tempfile.mkdtemp(prefix="fer-lab-ray-", dir="/tmp"),
+                     runtime_env=env, **quiet)
+        started = True
+    task = ray.remote(max_retries=0)(execute)
+
+    def submit(job: Job) -> Any:
+        return task.options(**{"num_cpus": threads, **job.resources}).remote(asdict(job), str(root), threads)
+
+    def wait(refs: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
+        ready, _ = ray.wait(refs, num_returns=1)
+        done = []
+        for ref in ready:
+            try:
+                done.append((ref, ray.get(ref)))
+            except Exception:  # the worker died (killed, out of memory) or the task was cancelled
+                done.append((ref, _crashed("Ray worker")))
+        return done
+
+    def cancel(refs: list[Any]) -> None:
+        for ref in refs:
+            ray.cancel(ref, force=True)
+
+    try:
+        _dispatch(jobs, root, on_finish, submit, wait, workers, cancel)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+SLURM_RESOURCES = {"num_cpus": "cpus_per_task", "num_gpus": "gpus_per_node", "mem_gb": "mem_gb",
+                   "timeout_min": "timeout_min"}
+
+
+def launch_slurm(jobs: Sequence[Job], root: Path, workers: int, threads: int,
+                 on_finish: Callable[[Outcome], None], cluster: str | None = None, folder: str | None = None,
+                 poll_s: float = 5.0, **parameters: Any) -> None:
+    """Run ``jobs`` through submitit: one Slurm job per runner job, each calling :func:`execute` (same done
+    markers and logs), at most ``workers`` submitted at once.
+
+    ``cluster``: ``"slurm"``, ``"local"`` (submitit's local executor: subprocesses on this machine, how the tests
+    run it) or ``None`` (submitit picks: Slurm where ``sbatch`` exists). ``folder``: submitit's own files (default
+    ``root/.submitit``). Other keyword arguments are submitit parameters (``timeout_min``, ``slurm_partition``,
+    ``slurm_account``, ``gpus_per_node``, ``mem_gb``, ``slurm_additional_parameters`` ...). Each job asks for
+    ``threads`` CPUs unless its ``Job.resources`` says otherwise (``num_cpus``, ``num_gpus``, ``mem_gb``,
+    ``timeout_min``). A job that Slurm kills (time limit, pre-emption) is failed; the next run retries it, and a
+    training run resumes from its checkpoint."""
+    try:
+        import submitit
+    except ImportError:
+        raise RuntimeError("the slurm launcher needs submitit: pip install 'submitit==1.5.4'") from None
+    for job in jobs:
+        unknown = sorted(set(job.resources) - set(SLURM_RESOURCES))
+        if unknown:
+            raise ValueError(f"job {job.key}: resource(s) {', '.join(unknown)} have no Slurm meaning here "
+                             f"({', '.join(SLURM_RESOURCES)})")
+    executor = submitit.AutoExecutor(folder=folder or str(Path(root) / ".submitit" / "%j"), cluster=cluster)
+    base = {"timeout_min": 60, "tasks_per_node": 1, "nodes": 1, "name": "fer-lab", **parameters}
+
+    def submit(job: Job) -> Any:
+        res = {"cpus_per_task": threads, **{SLURM_RESOURCES[k]: v for k, v in job.resources.items()}}
+        res = {k: (int(v) if k != "mem_gb" else float(v)) for k, v in res.items()}  # submitit checks the types
+        executor.update_parameters(**{**base, **res, "name": f"fer-lab-{job.key}"})
+        return executor.submit(execute, asdict(job), str(root), threads)
+
+    def wait(handles: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
+        while True:
+            done = [h for h in handles if h.done()]
+            if done:
+                break
+            time.sleep(poll_s)
+        out = []
+        for h in done:
+            try:
+                out.append((h, h.result()))
+            except Exception:  # killed by Slurm, out of time, or the process died
+                out.append((h, _crashed(f"Slurm job {h.job_id}")))
+        return out
+
+    def cancel(handles: list[Any]) -> None:
+        for h in handles:
+            h.cancel(check=False)
+
+    _dispatch(jobs, root, on_finish, submit, wait, workers, cancel)
+
+
+LAUNCHERS.register("ray")(launch_ray)
+LAUNCHERS.register("slurm")(launch_slurm)
