@@ -119,3 +119,30 @@ def test_trainer_sets_group_lrs_from_schedule(tmp_path):
     lrs = sorted(g["lr"] for g in t.method.optimizer.param_groups)
     f = LR_SCHEDULES["inv"](1.0)
     assert lrs == pytest.approx([0.1 * f, 0.1 * f, 1.0 * f])
+
+
+def test_source_val_is_evaluated_alongside_the_target(tmp_path):
+    cfg = TrainConfig(method="source_only", source=("synth:lab", "synth:lowres"), steps=4, image_size=32,
+                      batch_size=8, n_train=32, n_test=16, out_dir=str(tmp_path), progress=False, eval_every=2,
+                      source_val=True)
+    result = Trainer(cfg).fit()
+    evals = [h["eval"] for h in result.history if "eval" in h]
+    assert len(evals) == 2 and all(set(e) == {"target", "source_val/0", "source_val/1"} for e in evals)
+    assert result.final["source_val/0"]["n"] == 16
+
+
+def test_init_from_a_source_only_run_starts_only_the_named_modules_fresh(tmp_path):
+    base = dict(steps=2, image_size=32, batch_size=8, n_train=32, n_test=16, progress=False, eval_every=2)
+    s1 = Trainer(TrainConfig(method="source_only", target=None, out_dir=str(tmp_path / "s1"), **base)).fit()
+    t = Trainer(TrainConfig(method="dann", out_dir=str(tmp_path / "s2"), init_from=str(s1.out_dir), **base))
+    t.setup()
+    stage1 = torch.load(tmp_path / "s1" / "checkpoint.pt", weights_only=True)["method"]
+    assert torch.equal(t.method.state_dict()["classifier.weight"], stage1["classifier.weight"])
+    assert t.init_fresh and all(k.startswith(("discriminator.", "grl.")) for k in t.init_fresh)
+    t.fit()
+    assert json.loads((tmp_path / "s2" / "config.json").read_text())["init_fresh"] == t.init_fresh
+    # AGLRLS: the fused head starts from the source-only classifier, the other heads fresh
+    a = Trainer(TrainConfig(method="aglrls", out_dir=str(tmp_path / "a"), init_from=str(s1.out_dir), **base))
+    a.setup()
+    assert torch.equal(a.method.heads["fused"].weight, stage1["classifier.weight"])
+    assert "heads.global.weight" in a.init_fresh and not any(k.startswith("extractor.") for k in a.init_fresh)

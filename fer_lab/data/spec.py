@@ -158,6 +158,7 @@ def load_dataset(spec: str | DatasetSpec, split: str | None = None, defaults: di
 
 def _ensure_builtin_datasets() -> None:
     """Import the modules that register the built-in datasets (kept lazy to keep ``import fer_lab`` light)."""
+    import fer_lab.data.digits  # noqa: F401  (the known-answer digits -> MNIST-M shift)
     import fer_lab.data.synth  # noqa: F401
     from fer_lab.data.prepare import register_reader_datasets
 
