@@ -1,0 +1,112 @@
+"""The benchmark protocol's mechanics: rows, selection rules, paired statistics, the report, the cached stage 1,
+worker-count independence and resume. No test here compares two methods: that is what a bench run reports."""
+
+import json
+import math
+
+import pytest
+
+from fer_lab import bench
+from fer_lab.bench import BenchConfig, BenchReport, paired_difference, parse_row, select, split_rows, t_interval
+
+
+def test_rows_parse_with_hyper_parameters_and_lists_split_outside_brackets():
+    r = parse_row("aglrls[pseudo_labels=false,threshold=fixed,p_cutoff=0.9]")
+    assert (r.label, r.method) == ("aglrls[pseudo_labels=false,threshold=fixed,p_cutoff=0.9]", "aglrls")
+    assert r.hparams == {"pseudo_labels": False, "threshold": "fixed", "p_cutoff": 0.9}
+    assert split_rows("source_only, dann[a=1,b=2],cdan") == ("source_only", "dann[a=1,b=2]", "cdan")
+    with pytest.raises(ValueError, match="not 'name' or 'name\\[key=value"):
+        parse_row("dann[a=1")
+    with pytest.raises(ValueError, match="'b' is not key=value"):
+        parse_row("dann[b]")
+    with pytest.raises(ValueError, match="listed twice: dann"):
+        BenchConfig(methods=("dann", "dann"), profile="tiny").resolved()
+    with pytest.raises(KeyError, match="no_such_method"):
+        BenchConfig(methods=("no_such_method",), profile="tiny").resolved()
+
+
+def test_leave_one_out_tasks():
+    tasks = bench.leave_one_out(("a:1", "b:2", "c:3"))
+    assert tasks == ((("b:2", "c:3"), "a:1"), (("a:1", "c:3"), "b:2"), (("a:1", "b:2"), "c:3"))
+    with pytest.raises(ValueError, match="at least 3 domains"):
+        bench.leave_one_out(("a:1", "b:2"))
+
+
+def _ev(target, val, mca=None):
+    return {"eval": {"target": {"acc": target, "mean_class_acc": mca if mca is not None else target / 2},
+                     "source_val": {"acc": val, "mean_class_acc": val}}}
+
+
+def test_selection_rules_on_a_constructed_history():
+    history = [{"step": 1, "loss": 1.0}, _ev(0.50, 0.70), _ev(0.60, 0.90), _ev(0.80, 0.90), _ev(0.55, 0.60)]
+    s = select(history)
+    assert s["acc"] == {"last": 0.55, "target_test": 0.80, "source_val": 0.80}   # the later of the tied val peaks
+    assert s["mean_class_acc"]["source_val"] == 0.40
+    assert s["last_move"] == pytest.approx(0.25)
+    multi = [{"eval": {"target": {"acc": 0.3, "mean_class_acc": 0.3}, "source_val/0": {"acc": 0.9},
+                       "source_val/1": {"acc": 0.1}}},
+             {"eval": {"target": {"acc": 0.4, "mean_class_acc": 0.4}, "source_val/0": {"acc": 0.6},
+                       "source_val/1": {"acc": 0.6}}}]
+    assert select(multi)["acc"]["source_val"] == 0.4                          # mean over the sources' val splits
+    with pytest.raises(ValueError, match="no evaluation records"):
+        select([{"step": 1, "loss": 0.3}])
+
+
+def test_t_interval_and_paired_difference_match_hand_computations():
+    mean, lo, hi = t_interval([0.1, 0.2, 0.3])
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)                              # t(0.975, 2) * sd / sqrt(n)
+    assert (mean, lo, hi) == pytest.approx((0.2, 0.2 - half, 0.2 + half))
+    assert math.isnan(t_interval([0.5])[1])
+    d = paired_difference([0.5, 0.7, 0.6], [0.4, 0.5, 0.6])
+    assert d["diff"] == pytest.approx(0.1) and d["wins"] == 2 and d["n"] == 3
+    assert d["lo"] == pytest.approx(0.1 - 4.302652729911275 * 0.1 / math.sqrt(3))
+    with pytest.raises(ValueError, match="same seeds"):
+        paired_difference([0.1, 0.2], [0.1])
+
+
+def _cell(row, target, seed, acc):
+    return {"row": row, "target": target, "seed": seed, "last_move": 0.01,
+            "acc": {r: acc for r in bench.SELECTIONS}, "mean_class_acc": {r: acc / 2 for r in bench.SELECTIONS}}
+
+
+def test_report_tables_pair_seeds_and_average_targets():
+    cells = [_cell("source_only", t, s, 0.5 + 0.1 * s) for t in ("synth:lab", "synth:lowres") for s in (0, 1)]
+    cells += [_cell("dann", "synth:lab", s, 0.6 + 0.1 * s) for s in (0, 1)]
+    cells += [_cell("dann", "synth:lowres", s, 0.4 + 0.1 * s) for s in (0, 1)]
+    cells += [_cell("oracle", t, s, 0.9) for t in ("synth:lab", "synth:lowres") for s in (0, 1)]
+    report = BenchReport({"profile": "tiny", "backbone": "smallcnn", "start": "scratch", "image_size": 32,
+                          "stage1_steps": 1, "steps": 1, "threads": 1,
+                          "task_list": [[["synth:wild"], "synth:lab"], [["synth:wild"], "synth:lowres"]]}, cells)
+    rows = {r["method"]: r for r in report.rows("last")}
+    assert rows["dann"]["synth:lab"] == pytest.approx(0.65) and rows["dann"]["mean"] == pytest.approx(0.55)
+    assert rows["dann"]["vs source_only"]["diff"] == pytest.approx(0.0)
+    assert rows["source_only"]["synth:lab sd"] == pytest.approx(0.0707, abs=1e-4)
+    assert report.oracle_gap()["diff"] == pytest.approx(0.35)
+    md = report.markdown()
+    assert "| dann | 65.0 ± 7.1 | 45.0 ± 7.1 | 55.0 ± 7.1 | +0.0" in md and "optimistic" in md
+    assert json.loads(json.dumps(report.to_json()))["oracle_gap"]["diff"] == pytest.approx(0.35)
+
+
+@pytest.mark.slow
+def test_a_tiny_bench_caches_stage1_gives_the_same_cells_with_1_and_2_workers_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("FER_LAB_CACHE", str(tmp_path / "cache"))
+    base = dict(targets=("synth:lab",), methods=("source_only", "dann"), seeds=(0,), profile="tiny",
+                start="scratch", steps=6, stage1_steps=6, eval_every=3, progress=False)
+    one = bench.run_bench(BenchConfig(**base, workers=1, out_dir=str(tmp_path / "one")))
+    assert not one.failed and {c["row"] for c in one.cells} == {"source_only", "dann", "oracle"}
+    stage1 = {c["stage1"] for c in one.cells}
+    assert len(stage1) == 1
+    s1_results = next(iter(stage1)) + "/results.json"
+    stamp = (tmp_path / "cache").stat().st_mtime_ns, json.loads(open(s1_results).read())
+    two = bench.run_bench(BenchConfig(**base, workers=2, out_dir=str(tmp_path / "two")))
+    assert json.loads(open(s1_results).read()) == stamp[1]                     # stage 1 reused, not retrained
+    strip = lambda cells: {c["key"]: (c["acc"], c["mean_class_acc"], c["per_class"]) for c in cells}  # noqa: E731
+    assert strip(one.cells) == strip(two.cells)
+    dann = next(c for c in two.cells if c["row"] == "dann")
+    cfg = json.loads(open(dann["run_dir"] + "/config.json").read())
+    assert cfg["init_fresh"] and cfg["config"]["init_from"] == dann["stage1"]
+    # resume: a cell whose done marker is gone is recomputed alone, to the same figures
+    (tmp_path / "two" / "jobs" / dann["key"] / "done.json").unlink()
+    again = bench.run_bench(BenchConfig(**base, workers=1, out_dir=str(tmp_path / "two")))
+    assert strip(again.cells) == strip(two.cells)
+    assert (tmp_path / "two" / "bench.md").read_text().startswith("# CD-FER benchmark")
