@@ -16,7 +16,8 @@ Numbers (all on the raw stream features, never on the 2-D embedding):
   of a balanced sample and tested on the other half (Ben-David et al. 2007; Ganin et al. 2016). 0 = the domains are
   indistinguishable, 2 = perfectly separable. ``err`` is capped at 0.5, so PAD is in ``[0, 2]``.
 * :func:`mmd`: the unbiased estimate of the squared maximum mean discrepancy (Gretton et al. 2012), RBF kernel with
-  the median heuristic by default (optionally several bandwidths averaged), or linear.
+  the median heuristic by default (optionally several bandwidths averaged), or linear; the kernels and the
+  estimate are :mod:`fer_lab.losses`' (the same code the training losses use).
 * :func:`classwise_mmd`: MMD^2 between the source and target samples of each class (true labels where known).
 
 Library code never shows or saves a figure: every ``*_figure`` returns a :class:`plotly.graph_objects.Figure`.
@@ -34,6 +35,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from fer_lab import losses
 from fer_lab.data.loading import FaceTensors, to_device
 from fer_lab.evaluate import eval_mode
 from fer_lab.labels import EXPRESSIONS
@@ -443,8 +445,7 @@ def proxy_a_distance(f_s: Any, f_t: Any, seed: int = 0, C: float = 1.0, max_samp
 
 
 def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
-    return np.maximum(d, 0.0)
+    return losses.pairwise_sq_dists(torch.from_numpy(a), torch.from_numpy(b)).numpy()
 
 
 def _median_sigma(pooled: np.ndarray, rng: np.random.Generator, n_max: int = 1000) -> float:
@@ -479,9 +480,8 @@ def mmd(f_s: Any, f_t: Any, kernel: str = "rbf", bandwidth: str | float | Sequen
             x = x[rng.choice(len(x), max_samples, replace=False)]
         if len(y) > max_samples:
             y = y[rng.choice(len(y), max_samples, replace=False)]
-    m, n = len(x), len(y)
     if kernel == "linear":
-        kxx, kyy, kxy = x @ x.T, y @ y.T, x @ y.T
+        value = losses.mmd(torch.from_numpy(x), torch.from_numpy(y), kernel="linear", unbiased=True)
     elif kernel == "rbf":
         if isinstance(bandwidth, str):
             if bandwidth not in ("median", "multi"):
@@ -492,17 +492,12 @@ def mmd(f_s: Any, f_t: Any, kernel: str = "rbf", bandwidth: str | float | Sequen
             sigmas = [float(bandwidth)]
         else:
             sigmas = [float(s) for s in bandwidth]
-        dxx, dyy, dxy = _sq_dists(x, x), _sq_dists(y, y), _sq_dists(x, y)
-
-        def k(d2: np.ndarray) -> np.ndarray:
-            return sum(np.exp(-d2 / (2.0 * s * s)) for s in sigmas) / len(sigmas)
-
-        kxx, kyy, kxy = k(dxx), k(dyy), k(dxy)
+        # k = mean_s exp(-d^2 / (2 s^2)): fer_lab.losses' Gaussian kernels with gamma = 2 s^2, averaged
+        value = losses.mmd(torch.from_numpy(x), torch.from_numpy(y), bandwidths=[2.0 * s * s for s in sigmas],
+                           reduction="mean", unbiased=True)
     else:
         raise ValueError(f"unknown kernel {kernel!r}; use 'rbf' or 'linear'")
-    sxx = (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
-    syy = (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-    return float(sxx + syy - 2.0 * kxy.mean())
+    return float(value)
 
 
 def classwise_mmd(f_s: Any, y_s: Any, f_t: Any, y_t: Any, min_count: int = 2, class_names: Sequence[str] = EXPRESSIONS,
