@@ -9,6 +9,8 @@ Layouts:
 * ``"overlap4"``: four overlapping square crops at the corners, each ``round(5 / 7 * side)`` cells wide (DMSRL's
   released code, ``model/vgg2.py`` ``VGG_local_global``: 5 x 5 crops ``[0:5]`` and ``[2:7]`` of the 7 x 7 VGG map,
   top-left, top-right, bottom-left, bottom-right).
+* ``"quadrants"``: the four non-overlapping quadrants, top-left, top-right, bottom-left, bottom-right (LA-CMFER's
+  released code, ``models/LA-CMFER.py`` ``CropNet``: ``[0:14]`` and ``[14:28]`` of the 28 x 28 stage-2 map).
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ __all__ = ["LAYOUTS", "fixed_regions", "region_boxes"]
 Box = tuple[int, int, int, int]
 
 
+def _quadrants(h: int, w: int) -> list[Box]:
+    if h < 2 or w < 2:
+        raise ValueError(f"fer_lab/models/regions.py: layout 'quadrants' needs a map of at least 2 x 2, got {h} x {w}")
+    mh, mw = h // 2, w // 2
+    return [(y0, y1, x0, x1) for y0, y1 in ((0, mh), (mh, h)) for x0, x1 in ((0, mw), (mw, w))]
+
+
 def _overlap4(h: int, w: int) -> list[Box]:
     sh, sw = max(1, round(5 * h / 7)), max(1, round(5 * w / 7))
     return [(y, y + sh, x, x + sw) for y in (0, h - sh) for x in (0, w - sw)]
@@ -31,6 +40,7 @@ def _overlap4(h: int, w: int) -> list[Box]:
 #: layout name -> ``f(height, width) -> [(y0, y1, x0, x1), ...]``
 LAYOUTS: dict[str, Callable[[int, int], list[Box]]] = {
     "overlap4": _overlap4,
+    "quadrants": _quadrants,
 }
 
 
