@@ -6,8 +6,9 @@
 
 Every numbered notebook (``notebooks/NN_*.ipynb``) has a first code cell tagged ``parameters`` that takes at
 least ``profile``, ``device`` and ``results_path``; it writes its metrics to ``results_path`` as JSON. The runner
-executes each with papermill into a git-ignored folder, renders HTML beside it, and prints a summary table of each
-notebook's headline metrics and run time.
+executes each with papermill into a git-ignored folder, renders HTML beside it (:func:`export_html`: one page that
+opens offline, plotly.js embedded once, figures interactive, widgets as static views), and prints a summary table of
+each notebook's headline metrics and run time.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NUMBERED = re.compile(r"^\d\d_.+\.ipynb$")
 MAX_NOTEBOOK_KB = 100
 KEEP_METADATA = ("kernelspec", "language_info")
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
+# a <script> element holding the plotly.js library (what plotly's "notebook" renderer puts in an output once per kernel)
+PLOTLY_LIBRARY = re.compile(r"<script[^>]*>\s*/\*\*?\s*\*\s*plotly\.js v.*?</script>", re.S)
 
 
 def discover(root: str | Path = NOTEBOOK_DIR, only: Sequence[str] = ()) -> list[Path]:
@@ -64,13 +69,64 @@ def run_notebook(path: str | Path, out_dir: str | Path, parameters: dict[str, An
     record = {"notebook": path.name, "seconds": seconds, "metrics": json.loads(results.read_text()),
               "output": str(executed), "html": None}
     if html:
-        from nbconvert import HTMLExporter
-
-        body, _ = HTMLExporter().from_filename(str(executed))
-        page = out_dir / f"{path.stem}.html"
-        page.write_text(body)
-        record["html"] = str(page)
+        record["html"] = str(export_html(executed, out_dir / f"{path.stem}.html"))
     return record
+
+
+def export_html(notebook: str | Path, out: str | Path | None = None) -> Path:
+    """Render an executed notebook as one HTML page that opens offline with interactive figures; returns its path
+    (default: beside the notebook, ``.html``).
+
+    * plotly.js is embedded once, in the page's head, never per figure: every output that carries a plotly figure's
+      JSON is drawn from it by a small div (hover, zoom and legend work without a network), and any copy of the
+      library that a notebook renderer left in an output is dropped.
+    * Widgets need a kernel, and their page script a CDN, so the stored widget state is left out: each widget shows
+      its static representation instead (the threshold explorer: its figure at the last threshold, with a note
+      saying so; a progress bar: its last line). The executed notebook itself is not changed.
+    """
+    import nbformat
+    import plotly.io as pio
+    from nbconvert import HTMLExporter
+    from plotly.offline import get_plotlyjs
+
+    notebook = Path(notebook)
+    out = Path(out) if out is not None else notebook.with_suffix(".html")
+    nb = nbformat.read(notebook, as_version=4)
+    widgets = nb.metadata.get("widgets")
+    if isinstance(widgets, dict):
+        widgets.pop(WIDGET_STATE_MIME, None)
+        if not widgets:
+            del nb.metadata["widgets"]
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if PLOTLY_MIME in data:
+                data["text/html"] = pio.to_html(data[PLOTLY_MIME], include_plotlyjs=False, full_html=False,
+                                                default_width="100%", default_height=525, validate=False)
+            elif "text/html" in data:
+                text = data["text/html"]
+                text = "".join(text) if isinstance(text, list) else text
+                stripped = PLOTLY_LIBRARY.sub("", text)
+                if stripped != text:
+                    if not stripped.strip() or "<div" not in stripped:  # nothing but the library (and its config)
+                        continue
+                    data["text/html"] = stripped
+            kept.append(output)
+        cell.outputs = kept
+    body, _ = HTMLExporter().from_notebook_node(nb, resources={"metadata": {"name": notebook.stem}})
+    if "Plotly.newPlot" in body:
+        library = ("<script type=\"text/javascript\">window.PlotlyConfig = {MathJaxConfig: 'local'};</script>\n"
+                   f"<script type=\"text/javascript\">{get_plotlyjs()}</script>\n")
+        head_end = body.find("</head>")
+        if head_end < 0:
+            raise RuntimeError(f"{notebook}: the HTML exporter wrote a page without </head>")
+        body = body[:head_end] + library + body[head_end:]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(body, encoding="utf-8")
+    return out
 
 
 def summary_table(records: Iterable[dict[str, Any]]) -> str:
