@@ -2,6 +2,7 @@
 
     fer-lab train --method dann --source synth:lab --target synth:wild --backbone smallcnn --profile smoke
     fer-lab compare --source synth:lab --target synth:wild        # source-only, DANN, CDAN-E and the oracle
+    fer-lab bench --source synth:wild --target synth:lab,synth:lowres --methods source_only,dann --seeds 0,1,2
     fer-lab train --method gen_fer --source synth:lab --eval synth:wild,synth:lowres,synth:profile   # no target
     fer-lab pretrain [--profile smoke]                         # the frozen face encoder gen_fer uses (cached)
     fer-lab notebooks run [--profile smoke] [--device cuda]   # papermill every numbered notebook
@@ -153,6 +154,43 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """The CD-FER benchmark: shared cached stage 1, methods x targets x seeds, three selection rules."""
+    from fer_lab.bench import BenchConfig, leave_one_out, run_bench
+    from fer_lab.data.spec import split_specs
+
+    hparams: dict[str, dict[str, Any]] = {}
+    for key, value in args.hp:
+        method, dot, name = key.rpartition(".")
+        if not dot:
+            raise ValueError(f"bench --hp {key}=...: name the method, as method.key=value (e.g. dann.adv_weight=0.3)")
+        hparams.setdefault(method, {})[name] = value
+    fields: dict[str, Any] = dict(
+        methods=args.methods, seeds=tuple(int(s) for s in args.seeds.split(",") if s.strip()), profile=args.profile,
+        backbone=args.backbone, start=args.start, stage1_steps=args.stage1_steps, steps=args.steps,
+        eval_every=args.eval_every, image_size=args.image_size, n_train=args.n_train, n_test=args.n_test,
+        hparams=hparams, workers=args.workers, threads=args.threads, device=args.device, oracle=not args.no_oracle,
+        out_dir=args.out, progress=not args.no_progress)
+    if args.leave_one_out:
+        fields["tasks"] = leave_one_out(split_specs(args.leave_one_out))
+    else:
+        fields.update(source=split_specs(args.source), targets=split_specs(args.target))
+    cfg = BenchConfig(**fields).resolved()
+    tasks = cfg.task_list()
+    print(f"bench: {len(cfg.rows())} rows x {len(tasks)} task(s) x {len(cfg.seeds)} seed(s), {cfg.profile} profile, "
+          f"stage 1 {cfg.stage1_steps} + {cfg.steps} steps, {cfg.workers} worker(s) x {cfg.threads} thread(s); "
+          f"out: {cfg.out_dir}", flush=True)
+    report = run_bench(cfg)
+    text = report.markdown()
+    print(text.split("## accuracy, best on the source")[0].rstrip() if not args.all_tables else text)
+    if report.failed:
+        print(f"{len(report.failed)} cell(s) failed (tracebacks in {cfg.out_dir}/jobs/<cell>/error.txt)",
+              file=sys.stderr)
+    if report.cells:
+        print(f"written: {cfg.out_dir}/bench.md, bench.json, bench.png")
+    return 1 if report.failed else 0
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Train (or find in the cache) the frozen face encoder / mask-network initialisation."""
     from fer_lab.pretrain import pretrain
@@ -223,6 +261,30 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--methods", default="source_only,dann,cdan")
     c.add_argument("--no-oracle", action="store_true")
     c.set_defaults(func=cmd_compare)
+    b = sub.add_parser("bench", help="the CD-FER benchmark: shared stage 1, methods x targets x seeds")
+    from fer_lab.bench import DEFAULT_METHODS, DEFAULT_SOURCE, DEFAULT_TARGETS
+
+    b.add_argument("--source", default=",".join(DEFAULT_SOURCE), help="labelled source spec(s), comma-separated")
+    b.add_argument("--target", default=",".join(DEFAULT_TARGETS), help="target specs, comma-separated")
+    b.add_argument("--leave-one-out", default="", metavar="SPECS",
+                   help="multi-source protocol: each of these domains in turn is the target, the rest the sources")
+    b.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help="rows: method or method[key=value,...], comma-separated")
+    b.add_argument("--seeds", default="0,1,2")
+    b.add_argument("--profile", default="auto", choices=["auto", *PROFILES])
+    b.add_argument("--backbone", default="smallcnn")
+    b.add_argument("--start", default="pretrain", help="pretrain (fer-lab pretrain's encoder), scratch, or a file")
+    for name in ("stage1-steps", "steps", "eval-every", "image-size", "n-train", "n-test"):
+        b.add_argument(f"--{name}", type=int, default=None)
+    b.add_argument("--hp", type=_hparam, action="append", default=[], metavar="METHOD.KEY=VALUE")
+    b.add_argument("--workers", type=int, default=1, help="cells run at once, each in its own process")
+    b.add_argument("--threads", type=int, default=1, help="threads per cell (fixed, so figures do not move)")
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--no-oracle", action="store_true")
+    b.add_argument("--out", default="reports/bench")
+    b.add_argument("--all-tables", action="store_true", help="print every selection rule's table")
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(func=cmd_bench)
     pt = sub.add_parser("pretrain", help="train (once; cached) the frozen face encoder used by gen_fer")
     pt.add_argument("--profile", default="auto", choices=["auto", "tiny", "smoke", "full"])
     pt.add_argument("--force", action="store_true", help="train again and replace the cached weights")

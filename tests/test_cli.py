@@ -20,6 +20,11 @@ def _cli(*args):
     (["train", "--method", "dann", "--target", "none"], "needs unlabelled target data"),
     (["train", "--hp", "advweight=2", "--method", "dann"], "unknown hyper-parameter(s) advweight"),
     (["train", "--backbone-weights", "/nope/w.pth"], "/nope/w.pth"),
+    (["bench", "--hp", "lr=3"], "name the method, as method.key=value"),
+    (["bench", "--methods", "dann,danm"], "unknown method 'danm'"),
+    (["bench", "--methods", "dann[lr]"], "'lr' is not key=value"),
+    (["bench", "--start", "/nope/start.safetensors"], "bench start weights not found: /nope/start.safetensors"),
+    (["bench", "--leave-one-out", "synth:lab,synth:wild"], "at least 3 domains"),
 ])
 def test_bad_arguments_give_one_line(args, message, capsys):
     rc = main(args + ["--steps", "1"] if "--steps" not in args else args)
