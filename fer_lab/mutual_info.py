@@ -99,16 +99,19 @@ class CLUB(nn.Module):
 
 
 def estimate_mi(x: Tensor, y: Tensor, steps: int = 300, hidden: int = 64, lr: float = 3e-3, holdout: float = 0.5,
-                batch_size: int = 256, seed: int = 0) -> float:
+                batch_size: int = 256, seed: int = 0, max_dims: int | None = None) -> float:
     """Fit a fresh :class:`CLUB` on part of the pairs ``(x, y)`` and return its bound on the rest (nats).
 
-    Both parts are standardised per dimension with the fitting half's statistics first (MI is invariant to that).
-    Deterministic for a seed; does not touch the global RNG.
+    Both parts are standardised per dimension first (MI is invariant to that); constant dimensions (e.g. dead ReLU
+    units) carry no information and are left out (no dimension left: 0). Deterministic for a seed; does not touch
+    the global RNG.
 
     Args:
         x, y: ``[N, d_x]`` and ``[N, d_y]`` paired samples (N >= 4).
         steps: Adam steps on minibatches of the fitting half.
         holdout: share of the pairs kept out of fitting, on which the bound is evaluated.
+        max_dims: keep only each part's top principal components (a few hundred samples cannot fit a conditional
+            Gaussian over 128 dimensions; a function of each part carries no more information than the part).
     """
     x, y = torch.as_tensor(x).detach().float().cpu(), torch.as_tensor(y).detach().float().cpu()
     if x.dim() != 2 or y.dim() != 2 or len(x) != len(y) or len(x) < 4:
@@ -118,9 +121,9 @@ def estimate_mi(x: Tensor, y: Tensor, steps: int = 300, hidden: int = 64, lr: fl
     order = torch.randperm(len(x), generator=g)
     n_eval = min(len(x) - 2, max(2, int(round(holdout * len(x)))))
     fit, ev = order[n_eval:], order[:n_eval]
-    mx, sx = x[fit].mean(0), x[fit].std(0).clamp_min(1e-6)
-    my, sy = y[fit].mean(0), y[fit].std(0).clamp_min(1e-6)
-    x, y = (x - mx) / sx, (y - my) / sy
+    x, y = _standardised(x, max_dims), _standardised(y, max_dims)
+    if x.shape[1] == 0 or y.shape[1] == 0:
+        return 0.0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         club = CLUB(x.shape[1], y.shape[1], hidden)
@@ -133,6 +136,17 @@ def estimate_mi(x: Tensor, y: Tensor, steps: int = 300, hidden: int = 64, lr: fl
         opt.step()
     with torch.no_grad():
         return float(club(x[ev], y[ev]))
+
+
+def _standardised(x: Tensor, max_dims: int | None = None, eps: float = 1e-6) -> Tensor:
+    std = x.std(0)
+    keep = std > eps * max(1.0, float(x.abs().max()))
+    x = (x[:, keep] - x[:, keep].mean(0)) / std[keep]
+    if max_dims is not None and x.shape[1] > max_dims:
+        _, _, v = torch.linalg.svd(x.double(), full_matrices=False)
+        x = (x.double() @ v[:max_dims].T).float()
+        x = x / x.std(0).clamp_min(eps)
+    return x
 
 
 def gaussian_mi(rho: float, dims: int = 1) -> float:

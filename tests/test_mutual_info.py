@@ -67,3 +67,19 @@ def test_estimate_is_deterministic_and_leaves_the_global_rng_alone():
     a = estimate_mi(x, y, steps=50, seed=7)
     assert torch.equal(torch.get_rng_state(), before)
     assert a == estimate_mi(x, y, steps=50, seed=7)
+
+
+def test_constant_dimensions_are_left_out():
+    x, y = _gaussian_parts(400, 2, 0.0, seed=5)
+    dead = torch.cat([x, torch.zeros(400, 3)], 1)          # dead ReLU units: constant zero columns
+    assert abs(estimate_mi(dead, y, steps=100, seed=0)) < 0.1
+    assert estimate_mi(torch.zeros(400, 3), y, steps=10) == 0.0
+
+
+def test_principal_components_keep_the_dependence():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1000, 2, generator=g)
+    mix = torch.randn(2, 20, generator=g)
+    y = x @ mix + 0.5 * torch.randn(1000, 20, generator=g)       # 20 dims, 2 of them informative
+    assert estimate_mi(x, y, steps=200, max_dims=2) > 1.0
+    assert abs(estimate_mi(x, torch.randn(1000, 20, generator=g), steps=200, max_dims=2)) < 0.1

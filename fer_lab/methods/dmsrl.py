@@ -306,6 +306,11 @@ class DMSRL(Method):
             out["class_feature"] = out["embedding"]
         return out
 
+    @property
+    def class_stream(self) -> str:
+        """The stream of :meth:`embed` the classifier and the centres see (``invariant`` or ``embedding``)."""
+        return "invariant" if self.hp.mi == "club" else "embedding"
+
     def features(self, batch: Batch) -> dict[str, Tensor]:
         return self.encode(batch["images"], batch["landmarks"])
 
@@ -440,7 +445,7 @@ class MarginHistory:
 @torch.no_grad()
 def center_feature_sets(method: DMSRL, class_names=EXPRESSIONS):
     """The source and target centres as two :class:`fer_lab.analysis.alignment.FeatureSet` s (stream
-    ``class_feature``, one row per class, label = class), to embed with the features in one UMAP."""
+    ``method.class_stream``, one row per class, label = class), to embed with the features in one UMAP."""
     import numpy as np
 
     from fer_lab.analysis.alignment import FeatureSet
@@ -449,7 +454,7 @@ def center_feature_sets(method: DMSRL, class_names=EXPRESSIONS):
     sets = {}
     for name, c in (("source centres", method.centers.source), ("target centres", method.centers.target)):
         probs = np.eye(k, dtype=np.float32)
-        sets[name] = FeatureSet(features={"class_feature": c.detach().float().cpu().numpy()},
+        sets[name] = FeatureSet(features={method.class_stream: c.detach().float().cpu().numpy()},
                                 labels=np.arange(k), predictions=np.arange(k), probs=probs,
                                 domains=np.zeros(k, dtype=np.int64), indices=np.arange(k), domain_names=[name])
     return sets
@@ -485,6 +490,19 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "w/o MI module": {"mi": "none"},
     "global features only": {"local": "none"},
 }
+
+def bench_rows() -> dict[str, str]:
+    """Bench rows (:mod:`fer_lab.bench` syntax) of DMSRL, the released code's variants and the ablations, by name."""
+    import json
+
+    def row(hp: dict[str, Any]) -> str:
+        return "dmsrl" + ("[" + ",".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in hp.items())
+                          + "]" if hp else "")
+
+    named = {"DMSRL": {}, "released code (MI = discriminator)": RELEASED_CODE,
+             "released code, four crops": RELEASED_CODE_CROPS, **{f"DMSRL, {k}": v for k, v in ABLATIONS.items()}}
+    return {k: row(v) for k, v in named.items()}
+
 
 #: The released code's variants: its "MI" module is one domain discriminator; its local branch four crops.
 RELEASED_CODE: dict[str, Any] = {"mi": "discriminator"}

@@ -191,7 +191,7 @@ def test_margin_history_and_centre_diagnostics(tmp_path):
     assert len(hist.per_class_frame("pl_precision")) == 14
     m = trainer.method
     sets = center_feature_sets(m)
-    assert sets["target centres"].stream("class_feature").shape == (7, 8)
+    assert sets["target centres"].stream("invariant").shape == (7, 8) and m.class_stream == "invariant"
     acc = nearest_center_accuracy(m, trainer.eval_sets["target"])
     assert 0.0 <= acc["acc"] <= 1.0 and 0.0 <= acc["agreement_with_classifier"] <= 1.0
 
@@ -241,3 +241,14 @@ def test_starts_from_a_source_only_stage_one(tmp_path):
     groups = t.method.optimizers()["main"].param_groups
     assert groups[-1]["lr_mult"] == 10.0 and any(p is t.method.classifier.weight for p in groups[-1]["params"])
     assert t.fit().final["target"]["n"] == 32
+
+
+def test_bench_rows_parse_to_the_ablation_hparams():
+    from fer_lab.bench import parse_row
+    from fer_lab.methods.dmsrl import ABLATIONS, RELEASED_CODE_CROPS, bench_rows
+
+    rows = {k: parse_row(v) for k, v in bench_rows().items()}
+    assert rows["DMSRL"].hparams == {} and rows["released code, four crops"].hparams == RELEASED_CODE_CROPS
+    assert rows["DMSRL, w/o margin term"].hparams == ABLATIONS["w/o margin term"] == {"margin_loss": False}
+    for r in rows.values():
+        DMSRLHparams.from_dict(r.hparams)
