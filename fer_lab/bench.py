@@ -509,9 +509,12 @@ def plan(cfg: BenchConfig) -> tuple[list, list[dict[str, Any]]]:
                 hp = {**STAGE2_HPARAMS, **METHOD_STAGE2_HPARAMS.get(row.method, {}),
                       **cfg.hparams.get(row.method, {}), **cfg.hparams.get(row.label, {}), **row.hparams}
                 task = _slug(target) if not multi else f"{_slug(target)}-from-{_digest(list(sources))[:6]}"
-                key = f"{_slug(row.label)}__{task}__s{seed}"
                 tconf = dict(_base_config(cfg, sources if not row.oracle else (target,), seed), method=row.method,
                              target=target, steps=cfg.steps, hparams=hp, source_val=True)
+                # the key carries a digest of the cell's run and its stage 1, so a changed budget or
+                # hyper-parameter makes a new cell instead of reusing an old one
+                digest = _digest([{k: v for k, v in tconf.items() if k not in ("progress", "device")}, folder.name])
+                key = f"{_slug(row.label)}__{task}__s{seed}__{digest[:6]}"
                 jobs.append(Job(key, "fer_lab.bench:run_cell",
                                 {"config": tconf, "out_dir": str(out / "runs" / key),
                                  "init_from": str(folder)}, after=(s1,)))

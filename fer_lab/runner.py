@@ -124,11 +124,20 @@ def execute(job: dict[str, Any], root: str, threads: int) -> dict[str, Any]:
             os.close(saved[0]), os.close(saved[1])
     seconds = time.perf_counter() - t0
     if status == "done":
-        _atomic_write(folder / "done.json", json.dumps({"key": job["key"], "seconds": seconds,
-                                                        "result": payload["result"]}, indent=1, default=float))
+        _atomic_write(folder / "done.json", json.dumps({"key": job["key"], "job": _plan_digest(job),
+                                                        "seconds": seconds, "result": payload["result"]},
+                                                       indent=1, default=float))
     else:
         _atomic_write(folder / "error.txt", payload["error"])
     return {"status": status, "seconds": seconds, **payload}
+
+
+def _plan_digest(job: Job | dict[str, Any]) -> str:
+    """What a done marker was made for: the function and its arguments."""
+    import hashlib
+
+    d = asdict(job) if isinstance(job, Job) else job
+    return hashlib.sha1(json.dumps([d["fn"], d["kwargs"]], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _init_worker(threads: int) -> None:
@@ -226,6 +235,10 @@ def run_jobs(jobs: Iterable[Job], root: str | os.PathLike, launcher: str = "loca
         folder.mkdir(parents=True, exist_ok=True)
         _atomic_write(folder / "job.json", json.dumps(asdict(job), indent=1, sort_keys=True))
         if is_done(root, job.key):
+            planned = json.loads((folder / "done.json").read_text()).get("job")
+            if planned is not None and planned != _plan_digest(job):
+                raise ValueError(f"job {job.key} is done in {root} with other arguments; use another folder or "
+                                 f"remove {folder}")
             outcomes[job.key] = Outcome(job.key, "cached", read_result(root, job.key))
         else:
             todo.append(job)
@@ -320,8 +333,12 @@ def launch_ray(jobs: Sequence[Job], root: Path, workers: int, threads: int,
     called by the caller) is used as it is. Each task asks for ``threads`` CPUs unless its ``Job.resources`` says
     otherwise (``{"num_cpus": 2, "num_gpus": 1}``; Ray's ``memory``, ``resources`` and ``accelerator_type`` too).
     Tasks are never retried by Ray: a failure is kept in error.txt and the next run of the sweep retries it."""
+    loopback = not address or address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost")
+    if loopback:  # before Ray is imported: a single-machine cluster stays on the loopback address
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
+        from ray._private import ray_constants
     except ImportError:
         raise RuntimeError("the ray launcher needs Ray: pip install 'ray==2.60.0' (see requirements/constraints.txt)") \
             from None
@@ -333,20 +350,26 @@ def launch_ray(jobs: Sequence[Job], root: Path, workers: int, threads: int,
     started = False
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        quiet = dict(log_to_driver=False, logging_level="warning")
-        if address:
-            ray.init(address=address, runtime_env=runtime_env, **quiet)
-        else:
+        kw: dict[str, Any] = dict(log_to_driver=False, logging_level="warning", runtime_env=runtime_env)
+        if not address:
             import tempfile
 
             env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p and os.path.isdir(p)),
                                 "RAY_USAGE_STATS_ENABLED": "0"}}
             for k, v in (runtime_env or {}).items():
                 env[k] = {**env.get(k, {}), **v} if isinstance(v, dict) else v
-            ray.init(address="local", num_cpus=max(1, workers) * threads, num_gpus=num_gpus,
-                     include_dashboard=False, _node_ip_address="127.0.0.1", object_store_memory=100 * 2**20,
-                     _temp_dir=temp_dir or tempfile.mkdtemp(prefix="fer-lab-ray-", dir="/tmp"),
-                     runtime_env=env, **quiet)
+            kw.update(address="local", num_cpus=max(1, workers) * threads, num_gpus=num_gpus, runtime_env=env,
+                      include_dashboard=False, _node_ip_address="127.0.0.1", object_store_memory=100 * 2**20,
+                      _temp_dir=temp_dir or tempfile.mkdtemp(prefix="fer-lab-ray-", dir="/tmp"))
+        else:
+            kw["address"] = address
+        # Ray swaps a loopback address for the machine's own unless told the cluster is single-machine
+        saved = ray_constants.ENABLE_RAY_CLUSTER
+        ray_constants.ENABLE_RAY_CLUSTER = saved and not loopback
+        try:
+            ray.init(**kw)
+        finally:
+            ray_constants.ENABLE_RAY_CLUSTER = saved
         started = True
     task = ray.remote(max_retries=0)(execute)
 

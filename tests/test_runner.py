@@ -16,7 +16,7 @@ from fer_lab.runner import Job, JobFailed, is_done, read_result, run_jobs
 def square(x, out_dir=None, sleep=0.0):
     import torch
 
-    time.sleep(sleep)
+    time.sleep(sleep if x == 0 else float(os.environ.get("SQUARE_SLEEP", sleep)))
     print(f"squaring {x}")
     if out_dir:
         with open(os.path.join(out_dir, "calls.txt"), "a") as f:
@@ -40,6 +40,8 @@ def test_jobs_run_in_fresh_processes_with_the_thread_count_and_write_done_marker
     assert json.loads((tmp_path / "sq1" / "job.json").read_text())["kwargs"] == {"x": 1}
     out = run_jobs(jobs, tmp_path, workers=2, progress=False)  # a second run recomputes nothing
     assert {o.status for o in out.values()} == {"cached"} and out["sq1"].result["y"] == 1
+    with pytest.raises(ValueError, match="job sq1 is done in .* with other arguments"):
+        run_jobs([Job("sq1", "test_runner:square", {"x": 5})], tmp_path, progress=False)
 
 
 def test_a_failed_job_is_kept_and_reported_and_its_dependants_do_not_run(tmp_path):
@@ -72,14 +74,14 @@ def test_a_killed_run_started_again_runs_only_what_is_not_done(tmp_path):
     script = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
         from fer_lab.runner import Job, run_jobs
-        jobs = [Job(f"j{{i}}", "test_runner:square", {{"x": i, "sleep": 0.0 if i == 0 else 30.0,
-                                                       "out_dir": {str(tmp_path / 'calls')!r} + str(i)}})
+        jobs = [Job(f"j{{i}}", "test_runner:square", {{"x": i, "out_dir": {str(tmp_path / 'calls')!r} + str(i)}})
                 for i in range(3)]
         run_jobs(jobs, {str(tmp_path / 'root')!r}, workers=1, progress=False)
     """)
     for i in range(3):
         (tmp_path / f"calls{i}").mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
+                            env={**os.environ, "SQUARE_SLEEP": "30"})  # j1 and j2 are still running at the kill
     deadline = time.time() + 60
     while not is_done(tmp_path / "root", "j0") and time.time() < deadline:
         time.sleep(0.2)
