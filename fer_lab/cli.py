@@ -213,7 +213,9 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
     from fer_lab import notebooks as nbs
 
     if args.action == "run":
-        records = nbs.run_all(args.profile, args.device, args.out, args.only, cell_timeout=args.cell_timeout)
+        extra = {"bench_dir": args.bench_dir} if args.bench_dir else None
+        records = nbs.run_all(args.profile, args.device, args.out, args.only, cell_timeout=args.cell_timeout,
+                              extra=extra)
         print(nbs.summary_table(records))
         print(f"executed notebooks and HTML in {args.out}")
         return 0
@@ -298,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--device", default="auto")
     n.add_argument("--only", action="append", default=[], help="notebook number or name (repeatable)")
     n.add_argument("--out", default="reports/notebooks")
+    n.add_argument("--bench-dir", default=None, metavar="DIR",
+                   help="the bench folder the notebooks' comparisons share (the main job's reports/bench)")
     n.add_argument("--cell-timeout", type=float, default=None, metavar="S",
                    help="interrupt and fail a run whose cell takes longer than S seconds (default: no limit)")
     n.set_defaults(func=cmd_notebooks)
