@@ -52,8 +52,9 @@ Assumptions (none is from the paper; each names the hyper-parameter that switche
   and all reversal layers share DANN's warm-up schedule ``2 / (1 + exp(-alpha p)) - 1``.
 * A6 the cross-adversarial predictors are single linear layers trained on source labels, reversed with the same
   coefficient; their weights ``cross_pose_weight`` / ``cross_expr_weight`` switch each one off at 0.
-* A7 the decoder (``fer_lab.models.decoder.CodeDecoder``) rebuilds a ``recon_size`` (32 px) image from
-  ``[e, p]``; L1 by default (``recon_norm=l2`` for L2); on source and target rows (``recon_on``).
+* A7 the decoder (``fer_lab.models.decoder.CodeDecoder``, ``decoder_width`` channels) rebuilds a
+  ``recon_size`` (32 px) image from ``[e, p]``; L1 by default (``recon_norm=l2`` for L2); on source and target
+  rows (``recon_on``).
 * A8 pose-code swaps are not a training loss (no pixel truth exists for real data); they are evaluated.
 * A9 predictions are ``C_e(e)`` alone.
 * A10 identity is not given its own code: the abstract names pose and expression features only, so identity
@@ -97,6 +98,8 @@ class PoseADAHparams(Hparams):
     recon_norm: str = "l1"           # A7: l1 (default) or l2
     recon_size: int = 32             # A7: decoder output side (power of two); cheap at 64 px inputs
     recon_on: str = "both"           # A7: source, target or both rows are reconstructed
+    decoder_width: int = 64          # A7: seed-map channels, halved per stage down to a quarter (64, 32, 16, 16):
+    #                                  at 128 the decoder alone costs as much as the backbone at 64 px
     grl_alpha: float = 10.0          # A5: DANN's warm-up steepness (JMLR Eq. 14)
     disc_hidden: int = 256           # A5: smaller than DANN's 1024, the codes are 64 / 32-d
     disc_dropout: float = 0.5        # A5: the CDAN discriminator's dropout
@@ -136,6 +139,9 @@ class PoseADA(Method):
     """Pose-aware adversarial DA (arXiv 2007.05932, designed from the abstract; see the module docstring)."""
 
     Hparams = PoseADAHparams
+    #: from a source-only stage 1 (``fer-lab bench``): the extractor is loaded, every module of this method starts fresh
+    fresh_on_init = ("expr_head.", "pose_head.", "classifier.", "pose_classifier.", "disc_expr.", "disc_pose.",
+                     "pose_from_expr.", "expr_from_pose.", "decoder.", "grl.")
     summary = "Pose-aware adversarial DA for personalised FER (expression/pose codes, cross-adversary, decoder)"
 
     def __init__(self, *args, **kwargs) -> None:
@@ -159,7 +165,9 @@ class PoseADA(Method):
         self.disc_pose = DomainDiscriminator(hp.pose_dim, hidden=hp.disc_hidden, dropout=hp.disc_dropout)  # D_p
         self.pose_from_expr = nn.Linear(hp.expr_dim, self.num_pose_bins)         # P_e (ii)
         self.expr_from_pose = nn.Linear(hp.pose_dim, self.num_classes)           # Q_p (ii)
-        self.decoder = CodeDecoder((hp.expr_dim, hp.pose_dim), out_size=hp.recon_size)  # G (iii)
+        w = int(hp.decoder_width)
+        self.decoder = CodeDecoder((hp.expr_dim, hp.pose_dim), out_size=hp.recon_size,
+                                   channels=(w, max(w // 2, 1), max(w // 4, 1)))            # G (iii)
         self.grl = WarmStartGradientReverse(alpha=hp.grl_alpha)
 
     def param_groups(self):
@@ -167,6 +175,12 @@ class PoseADA(Method):
         groups = [{**g, "params": [p for p in g["params"] if id(p) not in disc]} for g in super().param_groups()]
         return groups + [{"params": [p for m in (self.disc_expr, self.disc_pose) for p in m.parameters()],
                           "lr_mult": self.hp.disc_lr_mult}]
+
+    def initial_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        # another method's run (a source-only stage 1) has a classifier on the fused stream: entries of another
+        # shape are left out, so those modules start fresh (fresh_on_init)
+        mine = self.state_dict()
+        return {k: v for k, v in state.items() if k not in mine or mine[k].shape == v.shape}
 
     # -- codes ----------------------------------------------------------------------------------------------
     def codes_from(self, feats: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
