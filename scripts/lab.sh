@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 FER_LAB_BROWSER=0 bash scripts/setup.sh
 export FER_LAB_CACHE=${FER_LAB_CACHE:-$PWD/.cache/fer-lab}
 export JUPYTER_PATH="$PWD/.venv/share/jupyter${JUPYTER_PATH:+:$JUPYTER_PATH}"
-exec .venv/bin/jupyter lab --ServerApp.root_dir="$PWD/notebooks" "$@"
+root=(); [ "$(id -u)" != 0 ] || root=(--allow-root)   # jupyter refuses root unless asked (containers)
+exec .venv/bin/jupyter lab --ServerApp.root_dir="$PWD/notebooks" "${root[@]}" "$@"
