@@ -388,6 +388,33 @@ class BenchReport:
             out.append(row)
         return out
 
+    def frame(self, selection: str = "last", metric: str = "acc"):
+        """:meth:`rows` as a pandas DataFrame in percent, for notebooks: ``mean ± sd`` per target, the mean, and
+        the paired difference to source-only with its interval."""
+        import pandas as pd
+
+        out = {}
+        for r in self.rows(selection, metric):
+            row = {}
+            for c in self.targets() + ["mean"]:
+                m, sd = r.get(c), r.get(f"{c} sd")
+                row[c] = "" if m is None else f"{100 * m:.1f}" + (f" ± {100 * sd:.1f}" if sd is not None else "")
+            d = r.get("vs source_only")
+            row["Δ vs source-only [95 % CI]"] = "" if not d else (
+                f"{100 * d['diff']:+.1f}" + ("" if math.isnan(d["lo"]) else f" [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"))
+            out[r["method"]] = row
+        return pd.DataFrame(out).T
+
+    def run_dir(self, row: str, target: str | None = None, seed: int | None = None) -> Path:
+        """The run folder of one cell (default: the first target and seed), to load with
+        :func:`fer_lab.train.load_run`."""
+        target = target or self.targets()[0]
+        seed = self.seeds()[0] if seed is None else seed
+        for c in self.cells:
+            if c["row"] == row and c["target"] == target and c["seed"] == seed:
+                return Path(c["run_dir"])
+        raise KeyError(f"no bench cell {row!r} on {target} with seed {seed}; rows: {', '.join(self.labels())}")
+
     def oracle_gap(self, selection: str = "last", baseline: str = "source_only") -> dict[str, float] | None:
         if "oracle" not in self.labels() or baseline not in self.labels():
             return None

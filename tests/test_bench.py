@@ -85,6 +85,10 @@ def test_report_tables_pair_seeds_and_average_targets():
     md = report.markdown()
     assert "| dann | 65.0 ± 7.1 | 45.0 ± 7.1 | 55.0 ± 7.1 | +0.0" in md and "optimistic" in md
     assert json.loads(json.dumps(report.to_json()))["oracle_gap"]["diff"] == pytest.approx(0.35)
+    frame = report.frame()
+    assert frame.loc["dann", "synth:lab"] == "65.0 ± 7.1" and frame.loc["dann", "Δ vs source-only [95 % CI]"] == "+0.0 [+0.0, +0.0]"
+    with pytest.raises(KeyError, match="no bench cell 'cdan'"):
+        report.run_dir("cdan")
 
 
 @pytest.mark.slow
