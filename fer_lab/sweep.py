@@ -129,7 +129,7 @@ def plan_training(methods: Sequence[str], seeds: Sequence[int] = (0,), draws: in
     :class:`~fer_lab.config.TrainConfig` fields shared by every run (``profile``, ``steps``, ``device`` ...);
     ``hparams`` fixed hyper-parameters (every method must know them)."""
     from fer_lab.config import TrainConfig
-    from fer_lab.data.spec import parse_spec, split_specs
+    from fer_lab.data.spec import DATASETS, _ensure_builtin_datasets, parse_spec, split_specs
 
     config = dict(config or {})
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -142,9 +142,10 @@ def plan_training(methods: Sequence[str], seeds: Sequence[int] = (0,), draws: in
         raise ValueError("a training sweep needs at least one method")
     if draws < 1:
         raise ValueError(f"draws must be at least 1, got {draws}")
+    _ensure_builtin_datasets()
     for spec in (*sources, *(t for t in targets if t)):
         for s in split_specs(spec):
-            parse_spec(s)
+            DATASETS.get(parse_spec(s).name)  # an unknown dataset fails here, naming the known ones
     TrainConfig(**config).resolved()  # a bad profile or value fails here, before anything is written
     runs = []
     for method, source, target, draw, seed in itertools.product(methods, sources, targets, range(draws), seeds):
@@ -300,8 +301,7 @@ def train_run(out_dir: str, config: dict[str, Any]) -> dict[str, Any]:
     print(f"training {cfg.method} {'+'.join(cfg.source)} -> {cfg.target} seed {cfg.seed} hparams {cfg.hparams}",
           flush=True)
     r = train(cfg)
-    return {"final": {k: {m: v[m] for m in ("acc", "mean_class_acc")} for k, v in r.final.items()},
-            "seconds": r.seconds}
+    return {"final": {k: {m: v[m] for m in ("acc", "mean_class_acc")} for k, v in r.final.items()}}
 
 
 def notebook_run(notebook: str, out_dir: str, parameters: dict[str, Any],
@@ -311,7 +311,7 @@ def notebook_run(notebook: str, out_dir: str, parameters: dict[str, Any],
 
     print(f"running {notebook} with {parameters}", flush=True)
     rec = run_notebook(notebook, out_dir, parameters, html=True, progress=True, cell_timeout=cell_timeout)
-    return {"metrics": rec["metrics"], "seconds": rec["seconds"], "output": rec["output"], "html": rec["html"]}
+    return {"metrics": rec["metrics"], "output": rec["output"], "html": rec["html"]}  # times: in done.json
 
 
 def jobs(plan: dict[str, Any], folder: str | os.PathLike, resources: dict[str, float] | None = None) -> list[Job]:
@@ -789,6 +789,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(rep["markdown"])
         print(f"\nwritten: {folder / 'results.md'}, {folder / 'results.csv'}, {folder / 'results.json'}")
         return 0
+    resources, options = _launch_options(args)
     if args.sweep_command == "train":
         config = {"profile": args.profile, "steps": args.steps, "device": args.device, "backbone": args.backbone,
                   **{k: _value(v) for k, v in args.set}}
@@ -802,7 +803,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                              {k: _value(v) for k, v in args.param}, args.cell_timeout)
         create_sweep(folder, plan)
     plan = load_plan(folder)
-    resources, options = _launch_options(args)
     print(f"sweep {folder}: {len(plan['runs'])} {plan['kind']} runs; plan in {folder / PLAN}", flush=True)
     if args.plan_only:
         return 0
@@ -811,3 +811,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"\n{rep['done']} done, {rep['failed']} failed, {rep['pending']} not run; "
           f"table: {folder / 'results.md'} (CSV, JSON beside it)")
     return 1 if rep["failed"] else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fer_lab.sweep ...``: the same as ``fer-lab sweep ...``."""
+    import sys
+
+    parser = argparse.ArgumentParser(prog="fer-lab")
+    add_sweep_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["sweep", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+        if os.environ.get("FER_LAB_DEBUG"):
+            raise
+        print(f"fer-lab: error: {e.args[0] if type(e) is KeyError else e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
