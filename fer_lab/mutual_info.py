@@ -9,10 +9,11 @@ A small network models the conditional ``q(y | x) = N(mu(x), diag sigma^2(x))``.
 which is an upper bound of ``I(x; y)`` when ``q`` is the true conditional ``p(y|x)`` and, by the paper's Theorem 3.2,
 whenever ``q`` is close enough to it (a KL condition); it is zero for independent parts and grows with the
 dependence (for unit Gaussians with correlation ``rho`` per dimension and the exact ``q`` it is
-``rho^2 / (1 - rho^2)`` per dimension, against the true ``-log(1 - rho^2) / 2``: loose, but monotone). ``q`` is fitted by maximising ``E log q(y|x)`` on the
-paired samples (:meth:`CLUB.learning_loss`), and the encoders that produce ``x`` and ``y`` minimise the bound
-(:meth:`CLUB.forward`). With the Gaussian ``q`` the ``log sigma`` and constant terms cancel between the two
-expectations, and the mean over all ``B x B`` negative pairs has a closed form in ``O(B d)``:
+``rho^2 / (1 - rho^2)`` per dimension, against the true ``-log(1 - rho^2) / 2``: loose, but monotone).
+``q`` is fitted by maximising ``E log q(y|x)`` on the paired samples (:meth:`CLUB.learning_loss`), and the
+encoders that produce ``x`` and ``y`` minimise the bound (:meth:`CLUB.forward`). With the Gaussian ``q`` the
+``log sigma`` and constant terms cancel between the two expectations, and the mean over all ``B x B`` negative pairs
+has a closed form in ``O(B d)``:
 ``mean_j (y_j - mu_i)^2 = mu_i^2 - 2 mu_i mean(y) + mean(y^2)`` per dimension.
 
 Why CLUB and not a MINE-style critic: the quantity is *minimised* here (DMSRL drives the mutual information between

@@ -7,9 +7,9 @@ JDMAN, ACM MM 2021). Spec: the abstract and the released code (``my_loss.py``, `
 Three modules, the paper's by default and the released code's as options:
 
 1. **Multi-level features**: the global feature and local features, fused into one embedding
-   ``f = phi([g, l_1, ..., l_R])`` (a Linear + ReLU, the code's fc layers). Local features: the five landmark
-   patches of the global-local extractor (``local="landmarks"``), or the released code's four overlapping crops of
-   the last feature map (``local="overlap4"``, :func:`fer_lab.models.regions.fixed_regions`), or none
+   ``f = phi([g, l_1, ..., l_R])`` (a linear layer, as the code's adaptation layers). Local features: the five
+   landmark patches of the global-local extractor (``local="landmarks"``), or the released code's four overlapping
+   crops of the last feature map (``local="overlap4"``, :func:`fer_lab.models.regions.fixed_regions`), or none
    (``local="none"``: the global-features-only ablation).
 
 2. **Semantic metric learning with margins** (``MC_Loss_dis_1_center``): learnable class centres ``c^s_k`` and
@@ -172,13 +172,14 @@ class MarginCenters(nn.Module):
 # feature pieces
 # ---------------------------------------------------------------------------------------------------------------------
 class FeatureSplit(nn.Module):
-    """Split an embedding into a domain-invariant and a domain-specific part, each ``Linear - ReLU``:
+    """Split an embedding into a domain-invariant and a domain-specific part, each a linear map (no activation, as
+    the released code's adaptation layers: the centres are signed, ``randn``, and a ReLU part could not reach them):
     ``[B, in_dim] -> ([B, part_dim], [B, part_dim])``."""
 
     def __init__(self, in_dim: int, part_dim: int) -> None:
         super().__init__()
-        self.invariant = nn.Sequential(nn.Linear(in_dim, part_dim), nn.ReLU(inplace=True))
-        self.specific = nn.Sequential(nn.Linear(in_dim, part_dim), nn.ReLU(inplace=True))
+        self.invariant = nn.Sequential(nn.Linear(in_dim, part_dim))
+        self.specific = nn.Sequential(nn.Linear(in_dim, part_dim))
 
     def forward(self, f: Tensor) -> tuple[Tensor, Tensor]:
         return self.invariant(f), self.specific(f)
@@ -211,7 +212,8 @@ class DMSRL(Method):
         else:
             self.local_streams = self.extractor.streams[1:-1] if hp.local == "landmarks" else ()
         fused_dim = d * (1 + len(self.local_streams))
-        self.fusion = nn.Sequential(nn.Linear(fused_dim, hp.embed_dim), nn.ReLU(inplace=True))
+        # phi: one linear layer, no activation (resnet.py ResNet_with_ADlayer: stacked Linear adaptation layers)
+        self.fusion = nn.Sequential(nn.Linear(fused_dim, hp.embed_dim))
         class_dim = hp.embed_dim
         if hp.mi == "club":
             self.split = FeatureSplit(hp.embed_dim, hp.part_dim)
@@ -326,7 +328,9 @@ class DMSRL(Method):
     def pseudo_labels(self, logits_t: Tensor) -> tuple[Tensor, Tensor]:
         """Target pseudo labels (argmax of softmax) and the rows that enter the pull."""
         conf, pseudo = logits_t.detach().softmax(1).max(1)
-        keep = conf >= self.hp.pseudo_threshold if self.hp.pseudo == "threshold" else torch.ones_like(pseudo, dtype=torch.bool)
+        if self.hp.pseudo == "threshold":
+            return pseudo, conf >= self.hp.pseudo_threshold
+        keep = torch.ones_like(pseudo, dtype=torch.bool)
         return pseudo, keep
 
     def update(self, source: SourceInput, target: Batch | None, progress: float) -> dict[str, float]:

@@ -109,7 +109,7 @@ def test_hparams_validation():
 def test_split_keeps_shapes():
     split = FeatureSplit(12, 5)
     z, s = split(torch.randn(7, 12))
-    assert z.shape == s.shape == (7, 5) and (z >= 0).all() and (s >= 0).all()
+    assert z.shape == s.shape == (7, 5) and (z < 0).any()        # signed, like the centres
 
 
 @pytest.mark.parametrize("hp", [{}, {"mi": "discriminator"}, {"mi": "none"}, {"local": "overlap4"},
