@@ -22,10 +22,15 @@ four fixed quadrants, :func:`fer_lab.models.regions.fixed_regions`, ``f_l``; or 
                                                                            multi-view intra-domain alignment (target)
     L_tgt   = CE(G(f_g^t), y^g) + CE(L(f_l^t), y^g) over targets where argmax p_g = argmax p_l and
               max(max p_g, max p_l) > 0.9                                 agreement pseudo labels
-    L       = L_cls + 0.4 (A_g + A_l) + 0.5 L_intra + 0.1 L_tgt
+    L       = L_cls + alpha_p [0.4 (A_g + A_l) + 0.5 L_intra] + 0.1 L_tgt,   alpha_p = 2 / (1 + exp(-10 p)) - 1
 
 Inference: the global, local or averaged probabilities ``(p_g + p_l) / 2`` (the default); :meth:`predict_details`
 gives all three.
+
+The multi-kernel ``k`` is DAN's convex combination (the mean of the 5 kernels); the code sums them
+(``kernel_reduction="sum"``, five times the alignment terms). The warm-up ``alpha_p`` comes from the code's
+``train.py``, which computes it and passes it to the model (whose ``forward``, as released, does not accept it), and
+from MFSAN, on which the code builds, which scales its MMD by it (``ramp=False`` turns it off).
 
 Paper and released code differ; the paper is the default, the code an option: the code computes the sample weights
 and the prediction-similarity matrix from raw logits (``weight_space="logits"``, ``intra_space="logits"``) and runs
@@ -42,6 +47,7 @@ Ablations (hyper-parameters): ``sample_weights=False`` (plain MMD: uniform weigh
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -61,14 +67,20 @@ __all__ = [
     "INFERENCE",
     "LACMFER",
     "LACMFERHparams",
+    "NO_ALIGNMENT",
     "RegionBranch",
     "RELEASED_CODE",
     "agreement_pseudo_labels",
+    "alignment_weight_frame",
     "alignment_weights",
     "branch_accuracies",
+    "branch_outputs",
+    "faces_figure",
     "cluster_alignment",
     "intra_domain_loss",
     "prediction_similarity",
+    "pseudo_label_rules",
+    "similarity_matrix",
 ]
 
 BRANCHES: tuple[str, ...] = ("global", "local")
@@ -95,6 +107,12 @@ class LACMFERHparams(Hparams):
     pseudo_threshold: float = 0.9       # --ps_threshold: agreement pseudo labels
     kernel_num: int = 5                 # guassian_kernel(kernel_num=5, kernel_mul=2.0)
     kernel_mul: float = 2.0
+    kernel_reduction: str = "mean"      # the 5 kernels averaged (DAN's MK-MMD: a convex combination, beta_u = 1/5)
+    #                                     or summed ("sum": the code's guassian_kernel; 5x the alignment terms, which
+    #                                     kept fer-lab's from-scratch smoke runs at chance: the source CE never fell)
+    ramp: bool = True                   # alignment and intra terms x alpha_p = 2 / (1 + exp(-10 p)) - 1: train.py
+    #                                     computes alpha_p and passes it to the model (whose forward, as released,
+    #                                     does not take it); MFSAN, which the code builds on, scales its MMD by it
     # paper vs released code
     weight_space: str = "probs"         # sample weights from "probs" (paper) or raw "logits" (code)
     intra_space: str = "probs"          # prediction similarity of "probs" (paper) or raw "logits" (code's mcc_loss)
@@ -108,6 +126,7 @@ class LACMFERHparams(Hparams):
 
     def __post_init__(self) -> None:
         for key, allowed in (("regions", ("quadrants", "landmarks")), ("weight_space", ("probs", "logits")),
+                             ("kernel_reduction", ("sum", "mean")),
                              ("intra_space", ("probs", "logits")), ("inference", INFERENCE)):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"fer_lab/methods/la_cmfer.py: {key} must be one of {', '.join(allowed)}, "
@@ -131,12 +150,13 @@ def alignment_weights(scores: Tensor, labels: Tensor, counted: Tensor) -> Tensor
 
 
 def cluster_alignment(xs: Tensor, ys: Tensor, xt: Tensor, yt: Tensor, mask_s: Tensor, mask_t: Tensor,
-                      num_classes: int, num_kernels: int = 5, multiplier: float = 2.0) -> Tensor:
+                      num_classes: int, num_kernels: int = 5, multiplier: float = 2.0,
+                      reduction: str = "sum") -> Tensor:
     """Class-wise source-target MMD minus cross-class MMD over the confident rows (LA-CMFER's class-attribute
     alignment): ``mean_c MMD^2(S_c, T_c) - mean_{c != c'} MMD^2(S_c, T_c')`` over pairs present on both sides;
     0 when either mean has no pair."""
     m, valid = losses.class_conditional_mmd(xs, ys, xt, yt, num_classes, mask_s, mask_t, num_kernels=num_kernels,
-                                            multiplier=multiplier)
+                                            multiplier=multiplier, reduction=reduction)
     eye = torch.eye(num_classes, dtype=torch.bool, device=m.device)
     same, cross = valid & eye, valid & ~eye
     if not same.any() or not cross.any():
@@ -286,13 +306,15 @@ class LACMFER(Method):
         zero = f.new_zeros(())
         if w_s.sum() > 0 and w_t.sum() > 0:
             # A_b = w_s^T K_ss w_s + w_t^T K_tt w_t - 2 w_s^T K_st w_t
-            mmd = losses.mmd(f[:n], f[n:], w_s, w_t, num_kernels=hp.kernel_num, multiplier=hp.kernel_mul)
+            mmd = losses.mmd(f[:n], f[n:], w_s, w_t, num_kernels=hp.kernel_num, multiplier=hp.kernel_mul,
+                             reduction=hp.kernel_reduction)
         else:
             mmd = zero
         cluster = zero
         if hp.cluster and hp.cluster_weight > 0:
             # mean_c MMD^2(S_c, T_c) - mean_{c != c'} MMD^2(S_c, T_c'), confident rows only
-            cluster = cluster_alignment(f[:n], ys, f[n:], yt, conf[:n], conf[n:], c, hp.kernel_num, hp.kernel_mul)
+            cluster = cluster_alignment(f[:n], ys, f[n:], yt, conf[:n], conf[n:], c, hp.kernel_num, hp.kernel_mul,
+                                        hp.kernel_reduction)
         total = mmd + hp.cluster_weight * cluster
         return {"total": total, "mmd": mmd, "cluster": cluster, "w_s": w_s, "w_t": w_t, "y_t": yt,
                 "conf_t": conf[n:]}
@@ -317,9 +339,12 @@ class LACMFER(Method):
             self.step(loss)
             return {"loss": loss.item(), "cls": (cls["global"] + cls["local"]).item(), **logs}
 
+        # warm-up alpha_p = 2 / (1 + exp(-10 p)) - 1 on the alignment terms (ramp=True; see LACMFERHparams.ramp)
+        alpha = 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0 if hp.ramp else 1.0
+        logs["alpha"] = alpha
         # sample-level (weighted MMD) + cluster-level alignment per branch: 0.4 (A_g + A_l)
         align = {b: self.branch_alignment(feats[b], logits[b], ys, n) for b in BRANCHES}
-        loss = loss + hp.align_weight * (align["global"]["total"] + align["local"]["total"])
+        loss = loss + alpha * hp.align_weight * (align["global"]["total"] + align["local"]["total"])
 
         # multi-view intra-domain alignment on the target: 0.5 L_intra(P_g, P_l)
         lt = {b: logits[b][n:] for b in BRANCHES}
@@ -328,7 +353,7 @@ class LACMFER(Method):
             views = ((lt["global"].softmax(1), lt["local"].softmax(1)) if hp.intra_space == "probs"
                      else (lt["global"], lt["local"]))
             intra = intra_domain_loss(*views)
-            loss = loss + hp.intra_weight * intra
+            loss = loss + alpha * hp.intra_weight * intra
 
         # agreement pseudo labels: 0.1 [CE(G(f_g^t), y^) + CE(L(f_l^t), y^)] over the agreed, confident rows
         with torch.no_grad():
@@ -380,23 +405,124 @@ class LACMFER(Method):
         return self.heads[b](self.features(batch)[b])
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# analysis views (notebook 02)
+# ---------------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def branch_accuracies(method: LACMFER, data, batch_size: int = 256, device: str | torch.device = "cpu") -> dict:
-    """Accuracy of the global, local and averaged predictions on ``data`` (rows with a label)."""
+def branch_outputs(method: LACMFER, data, batch_size: int = 256, device: str | torch.device = "cpu") -> dict:
+    """Probabilities of every inference (``global``, ``local``, ``average``; ``[N, C]``) and ``labels [N]`` over
+    every row of ``data``, unaugmented."""
     from fer_lab.data.loading import iterate, to_device
     from fer_lab.evaluate import eval_mode
 
-    hits = {k: 0 for k in INFERENCE}
-    total = 0
+    out: dict[str, list[Tensor]] = {k: [] for k in INFERENCE}
     with eval_mode(method):
         for batch in iterate(data, batch_size):
-            y = batch["labels"]
             d = method.predict_details(to_device(batch, device))
-            keep = y >= 0
-            total += int(keep.sum())
             for k in INFERENCE:
-                hits[k] += int((d[k].argmax(1).cpu()[keep] == y[keep]).sum())
-    return {k: hits[k] / max(total, 1) for k in INFERENCE}
+                out[k].append(d[k].float().cpu())
+    return {**{k: torch.cat(v) for k, v in out.items()}, "labels": data.labels.clone()}
+
+
+def branch_accuracies(method: LACMFER, data, batch_size: int = 256, device: str | torch.device = "cpu") -> dict:
+    """Accuracy of the global, local and averaged predictions on ``data`` (rows with a label)."""
+    o = branch_outputs(method, data, batch_size, device)
+    keep = o["labels"] >= 0
+    return {k: float((o[k].argmax(1)[keep] == o["labels"][keep]).float().mean()) for k in INFERENCE}
+
+
+def pseudo_label_rules(method: LACMFER, data, threshold: float | None = None, batch_size: int = 256,
+                       device: str | torch.device = "cpu"):
+    """Coverage and precision (against the true labels, which the method never sees) of the agreement rule
+    (both branches agree, one above ``threshold``) and of each view alone (its confidence above ``threshold``).
+    Returns a DataFrame indexed by rule with ``coverage``, ``precision`` and ``faces``."""
+    import pandas as pd
+
+    thr = method.hp.pseudo_threshold if threshold is None else float(threshold)
+    o = branch_outputs(method, data, batch_size, device)
+    y = o["labels"]
+    labels, agree = agreement_pseudo_labels(o["global"], o["local"], thr)
+    rules = {"agreement (paper)": (labels, agree)}
+    for k in INFERENCE:
+        conf, pred = o[k].max(1)
+        rules[f"{k} alone"] = (pred, conf > thr)
+    rows = {}
+    for name, (pred, mask) in rules.items():
+        known = mask & (y >= 0)
+        rows[name] = {"coverage": float(mask.float().mean()),
+                      "precision": float((pred[known] == y[known]).float().mean()) if known.any() else float("nan"),
+                      "faces": int(mask.sum())}
+    return pd.DataFrame(rows).T.rename_axis("rule")
+
+
+def similarity_matrix(method: LACMFER, data, normalise: str | None = "rows", batch_size: int = 256,
+                      device: str | torch.device = "cpu"):
+    """The prediction-similarity matrix ``P_g^T P_l`` of the two branches' probabilities over ``data``
+    (``[C, C]`` numpy; ``normalise="rows"`` / ``"cols"`` / ``None``), the quantity L_intra penalises off the
+    diagonal."""
+    o = branch_outputs(method, data, batch_size, device)
+    return prediction_similarity(o["global"], o["local"], normalise).numpy()
+
+
+@torch.no_grad()
+def alignment_weight_frame(method: LACMFER, sources, target, per_domain: int = 64, branch: str = "global",
+                           seed: int = 0, device: str | torch.device = "cpu"):
+    """The sample-level alignment weights the trained model gives one batch shaped like a training batch:
+    ``per_domain`` seeded rows of each source (a list of FaceTensors, one per domain) and of the target, in eval
+    mode, unaugmented. Returns a DataFrame (one row per face): ``side`` (source / target), ``domain`` (id),
+    ``dataset`` (name), ``index``, ``label`` (true), ``assigned`` (source label or target pseudo label),
+    ``confidence``, ``weight`` (sums to 1 per side; 0 = not counted)."""
+    import numpy as np
+    import pandas as pd
+
+    from fer_lab.data.loading import concat_batches, to_device
+    from fer_lab.evaluate import eval_mode
+
+    rng = np.random.default_rng(seed)
+
+    def pick(data):
+        rows = np.sort(rng.choice(len(data), size=min(per_domain, len(data)), replace=False))
+        return data.batch(torch.from_numpy(rows))
+
+    xs = to_device(concat_batches([pick(d) for d in sources]), device)
+    xt = to_device(pick(target), device)
+    n = len(xs["labels"])
+    with eval_mode(method):
+        f = {b: torch.cat([method.features(xs)[b], method.features(xt)[b]]) for b in BRANCHES}
+        logits = method.heads[branch](f[branch])
+        a = method.branch_alignment(f[branch], logits, xs["labels"], n)
+    conf = logits.softmax(1).max(1).values.cpu()
+    names = {d.domain: d.name for d in [*sources, target]}
+    domain = torch.cat([xs["domain"], xt["domain"]]).cpu()
+    return pd.DataFrame({
+        "side": ["source"] * n + ["target"] * len(xt["labels"]),
+        "domain": domain.numpy(), "dataset": [names.get(int(d), str(int(d))) for d in domain],
+        "index": torch.cat([xs["index"], xt["index"]]).cpu().numpy(),
+        "label": torch.cat([xs["labels"], xt["labels"]]).cpu().numpy(),
+        "assigned": torch.cat([xs["labels"], a["y_t"]]).cpu().numpy(),
+        "confidence": conf.numpy(), "weight": torch.cat([a["w_s"], a["w_t"]]).cpu().numpy()})
+
+
+def faces_figure(frame, datasets, k: int = 8, title: str = ""):
+    """A matplotlib strip of the first ``k`` faces of ``frame`` (rows of :func:`alignment_weight_frame`), each
+    titled with its dataset, label and weight; ``datasets`` maps a domain id to its FaceTensors."""
+    import matplotlib.pyplot as plt
+
+    from fer_lab.labels import EXPRESSIONS
+
+    rows = frame.head(k)
+    fig, axes = plt.subplots(1, max(len(rows), 1), figsize=(1.6 * max(len(rows), 1), 2.0), squeeze=False)
+    for ax in axes[0]:
+        ax.set_axis_off()
+    for ax, (_, r) in zip(axes[0], rows.iterrows()):
+        img = datasets[int(r["domain"])].images[int(r["index"])].permute(1, 2, 0).numpy()
+        ax.imshow(img, interpolation="nearest")
+        lab = EXPRESSIONS[int(r["label"])] if r["label"] >= 0 else "?"
+        ax.set_title(f"{str(r['dataset']).split('?')[0]}\n{lab}, w={r['weight']:.3f}", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(pad=0.3)
+    return fig
 
 
 #: Ablations as hyper-parameter overrides (the paper's ablation rows).
@@ -408,4 +534,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 }
 
 #: The released code's choices where it departs from the paper.
-RELEASED_CODE: dict[str, Any] = {"weight_space": "logits", "intra_space": "logits", "separate_bn": True}
+RELEASED_CODE: dict[str, Any] = {"weight_space": "logits", "intra_space": "logits", "separate_bn": True,
+                                 "kernel_reduction": "sum"}
+
+#: The two branches trained on the pooled sources alone (every alignment and target term off): the "before" model.
+NO_ALIGNMENT: dict[str, Any] = {"sample_weights": False, "cluster": False, "intra": False, "pseudo_labels": False,
+                                "align_weight": 0.0}

@@ -138,6 +138,23 @@ def test_ablation_switches_turn_their_terms_off(batches):
     assert logs["pl"] > 0 and logs["intra"] > 0 and logs["pl_mask"] > 0
 
 
+def test_alignment_warm_up_and_kernel_options(batches):
+    sources, t = batches
+    torch.manual_seed(0)
+    m = build_method("la_cmfer", {"pseudo_labels": False})
+    logs = m.update(sources, t, 0.0)                        # alpha_0 = 0: only the source CE acts
+    assert logs["alpha"] == 0 and logs["loss"] == pytest.approx(logs["cls"], rel=1e-6)
+    assert m.update(sources, t, 0.5)["alpha"] == pytest.approx(2 / (1 + math.exp(-5)) - 1)
+    assert build_method("la_cmfer", {"ramp": False}).update(sources, t, 0.0)["alpha"] == 1.0
+    summed = build_method("la_cmfer", {"kernel_reduction": "sum", "sample_weights": False})
+    mean = build_method("la_cmfer", {"sample_weights": False})
+    mean.load_state_dict(summed.state_dict())
+    a, b = summed.update(sources, t, 0.5), mean.update(sources, t, 0.5)
+    assert a["mmd_global"] == pytest.approx(5 * b["mmd_global"], rel=1e-4)   # same weights: 5 kernels summed
+    with pytest.raises(ValueError, match="kernel_reduction must be one of sum, mean"):
+        LACMFERHparams(kernel_reduction="max")
+
+
 def test_trainer_runs_multi_source_and_reports_every_branch(tmp_path):
     from fer_lab.train import load_split, train
 
