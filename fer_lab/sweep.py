@@ -29,8 +29,9 @@ The table follows the CD-FER benchmark's model-selection rules, each applied to 
   model selection: no target labels);
 * ``target_test``: the best target test accuracy over checkpoints and draws (an optimistic oracle bound).
 
-Accuracies are means over seeds with 95 % t-intervals; each method is also compared with a reference method
-(source-only when it is in the sweep) by the paired difference over the seeds both have, with its 95 % interval.
+Accuracies are means over seeds with 95 % t-intervals (the statistics of :mod:`fer_lab.bench`); each method is
+also compared with a reference method (source-only when it is in the sweep) by the paired difference over the
+seeds both have, with its 95 % interval.
 """
 
 from __future__ import annotations
@@ -59,25 +60,27 @@ RULES = ("last", "source_val", "target_test")
 PLAN_VERSION = 1
 
 
-# -- statistics ----------------------------------------------------------------------------------------------------
+# -- statistics (the benchmark's: fer_lab.bench) ---------------------------------------------------------------------
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
-    """Mean and the half-width of its t-interval (NaN with fewer than two values)."""
-    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
-    if len(x) == 0:
-        return math.nan, math.nan
-    if len(x) == 1:
-        return float(x[0]), math.nan
-    from scipy import stats
+    """Mean and the half-width of its t-interval (NaN with fewer than two values), NaN values left out."""
+    from fer_lab.bench import t_interval
 
-    half = stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
-    return float(x.mean()), float(half)
+    x = [float(v) for v in values if v is not None and not math.isnan(v)]
+    if not x:
+        return math.nan, math.nan
+    mean, _, hi = t_interval(x, level)
+    return mean, hi - mean
 
 
 def paired_ci(a: dict[Any, float], b: dict[Any, float], level: float = 0.95) -> tuple[float, float, int]:
     """Mean paired difference ``a - b`` over the keys (seeds) both have, its interval half-width, and the pairs."""
+    from fer_lab.bench import paired_difference
+
     keys = sorted(k for k in set(a) & set(b) if not math.isnan(a[k]) and not math.isnan(b[k]))
-    mean, half = mean_ci([a[k] - b[k] for k in keys], level)
-    return mean, half, len(keys)
+    if not keys:
+        return math.nan, math.nan, 0
+    d = paired_difference([a[k] for k in keys], [b[k] for k in keys], level)
+    return d["diff"], d["hi"] - d["diff"], d["n"]
 
 
 # -- plans ---------------------------------------------------------------------------------------------------------
@@ -273,6 +276,11 @@ def create_sweep(folder: str | os.PathLike, plan: dict[str, Any]) -> Path:
     return path
 
 
+def plan_digest(plan: dict[str, Any]) -> str:
+    """A short digest of a plan's runs (a folder name that changes when the sweep does)."""
+    return hashlib.sha1(json.dumps(plan["runs"], sort_keys=True, default=float).encode()).hexdigest()[:8]
+
+
 def load_plan(folder: str | os.PathLike) -> dict[str, Any]:
     path = Path(folder) / PLAN
     if not path.is_file():
@@ -386,7 +394,7 @@ def selections(metrics: list[dict[str, Any]], final: dict[str, Any] | None = Non
                    else {"acc": math.nan, "by": math.nan, "step": None})
     with_val = [(s, e) for s, e in evals if not math.isnan(_val_score(e))]
     if with_val:
-        s, e = max(with_val, key=lambda se: _val_score(se[1]))  # the first best: ties keep the earlier checkpoint
+        s, e = max(reversed(with_val), key=lambda se: _val_score(se[1]))  # ties: the later one (as fer_lab.bench)
         out["source_val"] = {"acc": _target_score(e), "by": _val_score(e), "step": s}
     else:
         out["source_val"] = {"acc": math.nan, "by": math.nan, "step": None}
@@ -435,7 +443,7 @@ def collect(folder: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, A
     return plan, records
 
 
-def _hp_text(hp: dict[str, Any]) -> str:
+def hp_text(hp: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(hp.items())) or "defaults"
 
 
@@ -549,13 +557,13 @@ def report(folder: str | os.PathLike, write: bool = True) -> dict[str, Any]:
         t = _train_tables(plan, records)
         out.update(t)
         csv_rows = [{"table": "best", "rule": b["rule"], "method": b["method"], "source": b["source"],
-                     "target": b["target"], "draw": b["draw"], "hparams": _hp_text(b["hparams"]),
+                     "target": b["target"], "draw": b["draw"], "hparams": hp_text(b["hparams"]),
                      "chosen_by": b["chosen_by"], "seeds": b["seeds"], "failed": b["failed"],
                      "acc": _r(100 * b["acc"]), "ci95": _r(100 * b["ci95"]),
                      "vs": b.get("vs", ""), "diff": _r(100 * b["diff"]) if "diff" in b else None,
                      "diff_ci95": _r(100 * b["diff_ci95"]) if "diff" in b else None} for b in t["best"]]
         csv_rows += [{"table": "draw", "rule": rule, "method": d["method"], "source": d["source"],
-                      "target": d["target"], "draw": d["draw"], "hparams": _hp_text(d["hparams"]), "chosen_by": "",
+                      "target": d["target"], "draw": d["draw"], "hparams": hp_text(d["hparams"]), "chosen_by": "",
                       "seeds": d["seeds"], "failed": d["failed"], "acc": _r(100 * d[rule]["mean"]),
                       "ci95": _r(100 * d[rule]["ci95"]), "vs": "", "diff": None, "diff_ci95": None}
                      for d in t["draws"] for rule in RULES]
@@ -572,7 +580,7 @@ def report(folder: str | os.PathLike, write: bool = True) -> dict[str, Any]:
                     for b in t["best"]]), "",
                "## Every draw (mean over seeds ± 95 % interval, %)", "",
                _md([{"method": d["method"], "source": d["source"], "target": d["target"], "draw": d["draw"],
-                     "hparams": _hp_text(d["hparams"]), "seeds": d["seeds"], "failed": d["failed"],
+                     "hparams": hp_text(d["hparams"]), "seeds": d["seeds"], "failed": d["failed"],
                      "pending": d["pending"],
                      **{rule: f"{_fmt(d[rule]['mean'])} ± {_fmt(d[rule]['ci95'])}".rstrip(" ±") for rule in RULES},
                      "best for": ",".join(d.get("best_for", []))} for d in t["draws"]]), ""]
@@ -600,19 +608,19 @@ def report(folder: str | os.PathLike, write: bool = True) -> dict[str, Any]:
             w.writerows(csv_rows)
         _write(folder / "results.csv", buf.getvalue())
         _write(folder / "results.md", "\n".join(md))
-        _write(folder / "results.json", json.dumps(_clean(out), indent=1, default=float))
+        _write(folder / "results.json", json.dumps(json_safe(out), indent=1, default=float))
     out["markdown"] = "\n".join(md)
     return out
 
 
-def _clean(x: Any) -> Any:
+def json_safe(x: Any) -> Any:
     """JSON without NaN (null instead)."""
     if isinstance(x, float):
         return None if math.isnan(x) else x
     if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
+        return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
+        return [json_safe(v) for v in x]
     return x
 
 
@@ -620,6 +628,17 @@ def _write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def best_frame(rep: dict[str, Any]):
+    """The per-method best draws of a training sweep's report as a DataFrame, accuracies in %."""
+    import pandas as pd
+
+    cols = ["rule", "method", "source", "target", "draw", "hparams", "chosen_by", "seeds", "failed", "acc", "ci95",
+            "vs", "diff", "diff_ci95"]
+    rows = [{**b, "hparams": hp_text(b["hparams"]),
+             **{k: 100 * b[k] for k in ("acc", "ci95", "diff", "diff_ci95") if k in b}} for b in rep["best"]]
+    return pd.DataFrame(rows).reindex(columns=cols).round(1)
 
 
 # -- plots (notebook 06) ------------------------------------------------------------------------------------------

@@ -129,7 +129,7 @@ def _evals(*rows):
 def test_selection_rules_on_logged_evaluations():
     s = sw.selections(_evals((10, 0.30, 0.80), (20, 0.50, 0.90), (30, 0.40, 0.90)))
     assert s["last"] == {"acc": 0.40, "by": 0.90, "step": 30}
-    assert s["source_val"] == {"acc": 0.50, "by": 0.90, "step": 20}      # ties keep the earlier checkpoint
+    assert s["source_val"] == {"acc": 0.40, "by": 0.90, "step": 30}      # ties: the later one (as the benchmark)
     assert s["target_test"]["acc"] == 0.50 and s["target_test"]["step"] == 20
     s = sw.selections(_evals((10, 0.30, None), (20, 0.20, None)))        # a trainer without source_val
     assert s["last"]["acc"] == 0.20 and math.isnan(s["last"]["by"]) and math.isnan(s["source_val"]["acc"])
