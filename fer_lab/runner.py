@@ -13,8 +13,11 @@ figure does not depend on how many cores the machine has or how many jobs run at
 (``after``): a job starts once those are done, and fails at once, naming it, when one of them failed. A killed
 run, started again, runs only what has no done marker (and a training job resumes from its own checkpoint).
 
-Launchers: ``local`` (a pool of worker processes on this machine). Others register in :data:`LAUNCHERS` with the
-same signature as :func:`launch_local`.
+Launchers: ``local`` (a pool of worker processes on this machine), ``ray`` (one Ray task per job, on an existing
+cluster or a private one on 127.0.0.1; :func:`launch_ray`) and ``slurm`` (one Slurm job per job through submitit;
+:func:`launch_slurm`). Others register in :data:`LAUNCHERS` with the same signature as :func:`launch_local`.
+Ray tasks rather than Ray Tune: the done markers, error files and resume are the runner's own, shared by every
+launcher; Tune's trial bookkeeping, schedulers and result store would duplicate them with a second, different state.
 """
 
 from __future__ import annotations
