@@ -154,7 +154,8 @@ class BenchConfig:
     threads: int = 1
     launcher: str = "local"
     device: str = "cpu"
-    out_dir: str = "reports/bench"
+    out_dir: str = "reports/bench"       # the report (bench.md, bench.json, bench.png) and, by default, the cells
+    cells_dir: str | None = None         # where the cells' jobs and runs live (several reports can share them)
     progress: bool = True
 
     def resolved(self) -> "BenchConfig":
@@ -516,13 +517,35 @@ class BenchReport:
 # ---------------------------------------------------------------------------------------------------------------------
 # planning and running
 # ---------------------------------------------------------------------------------------------------------------------
+def _cell_fields(cfg: BenchConfig, row: Row, sources: Sequence[str], target: str, seed: int) -> dict[str, Any]:
+    hp = {**STAGE2_HPARAMS, **METHOD_STAGE2_HPARAMS.get(row.method, {}),
+          **cfg.hparams.get(row.method, {}), **cfg.hparams.get(row.label, {}), **row.hparams}
+    return dict(_base_config(cfg, sources if not row.oracle else (target,), seed), method=row.method,
+                target=target, steps=cfg.steps, hparams=hp, source_val=True)
+
+
+def cell_config(cfg: BenchConfig, row: str, target: str | None = None, seed: int | None = None,
+                sources: Sequence[str] | None = None, **overrides: Any) -> TrainConfig:
+    """The TrainConfig of one cell (its stage 2, ``init_from`` its stage-1 run, which is trained here if it is not
+    cached): a notebook trains it again with its own callbacks (diagnostics) or overrides."""
+    cfg = cfg.resolved()
+    sources = tuple(sources or cfg.task_list()[0][0])
+    target = target or cfg.task_list()[0][1]
+    seed = cfg.seeds[0] if seed is None else seed
+    weights, start_id = _start_weights(cfg)
+    tc, folder = stage1_config(cfg, sources, seed, weights, start_id)
+    run_stage1(tc, str(folder))
+    fields = {**_cell_fields(cfg, parse_row(row), sources, target, seed), "init_from": str(folder), **overrides}
+    return TrainConfig(**fields)
+
+
 def plan(cfg: BenchConfig) -> tuple[list, list[dict[str, Any]]]:
     """The runner jobs of a bench (stage 1 per sources and seed, then one per cell) and each cell's description."""
     from fer_lab.runner import Job
 
     cfg = cfg.resolved()
     weights, start_id = _start_weights(cfg)
-    out = Path(cfg.out_dir)
+    cells_root = Path(cfg.cells_dir or cfg.out_dir)
     jobs, cells, stage1 = [], [], {}
     multi = len({tuple(s) for s, _ in cfg.task_list()}) > 1
     for sources, target in cfg.task_list():
@@ -533,17 +556,15 @@ def plan(cfg: BenchConfig) -> tuple[list, list[dict[str, Any]]]:
                 stage1[s1] = folder
                 jobs.append(Job(s1, "fer_lab.bench:run_stage1", {"config": tc, "out_dir": str(folder)}))
             for row in cfg.rows():
-                hp = {**STAGE2_HPARAMS, **METHOD_STAGE2_HPARAMS.get(row.method, {}),
-                      **cfg.hparams.get(row.method, {}), **cfg.hparams.get(row.label, {}), **row.hparams}
                 task = _slug(target) if not multi else f"{_slug(target)}-from-{_digest(list(sources))[:6]}"
-                tconf = dict(_base_config(cfg, sources if not row.oracle else (target,), seed), method=row.method,
-                             target=target, steps=cfg.steps, hparams=hp, source_val=True)
+                tconf = _cell_fields(cfg, row, sources, target, seed)
+                hp = tconf["hparams"]
                 # the key carries a digest of the cell's run and its stage 1, so a changed budget or
                 # hyper-parameter makes a new cell instead of reusing an old one
                 digest = _digest([{k: v for k, v in tconf.items() if k not in ("progress", "device")}, folder.name])
                 key = f"{_slug(row.label)}__{task}__s{seed}__{digest[:6]}"
                 jobs.append(Job(key, "fer_lab.bench:run_cell",
-                                {"config": tconf, "out_dir": str(out / "runs" / key),
+                                {"config": tconf, "out_dir": str(cells_root / "runs" / key),
                                  "init_from": str(folder)}, after=(s1,)))
                 cells.append({"key": key, "row": row.label, "method": row.method, "hparams": hp,
                               "sources": list(sources), "target": target, "seed": seed, "stage1": str(folder)})
@@ -556,7 +577,7 @@ def run_bench(cfg: BenchConfig) -> BenchReport:
 
     cfg = cfg.resolved()
     jobs, cells = plan(cfg)
-    root = Path(cfg.out_dir) / "jobs"
+    root = Path(cfg.cells_dir or cfg.out_dir) / "jobs"
     outcomes = run_jobs(jobs, root, launcher=cfg.launcher, workers=cfg.workers, threads=cfg.threads,
                         progress=cfg.progress)
     done, failed = [], {}

@@ -93,20 +93,22 @@ def test_notebook_05_metrics_tiny(tmp_path):
 
 @pytest.mark.slow
 def test_notebook_01_metrics_tiny(tmp_path):
-    """Notebook 01 end to end with every ablation, at the tiny profile (nbval runs it too; the smoke-profile
-    comparison itself is tests/test_end_to_end.py's question)."""
+    """Notebook 01 end to end with every ablation, at the tiny profile: the bench rows, the ablations from the shared
+    stage 1, GLPC's shares (nbval runs it too; which method wins is a bench result, not a test)."""
     record = nbs.run_notebook(nbs.discover(only=["01"])[0], tmp_path,
-                              {"profile": "tiny", "device": "cpu", "out_dir": str(tmp_path / "runs")}, html=False,
-                              cell_timeout=CELL_TIMEOUT)
+                              {"profile": "tiny", "device": "cpu", "out_dir": str(tmp_path / "runs"),
+                               "bench_dir": str(tmp_path / "bench")}, html=False, cell_timeout=CELL_TIMEOUT)
     m = record["metrics"]
-    assert m["profile"] == "tiny" and m["stage1_steps"] + 0 < m["steps"]
-    expected = {"source-only", "DANN", "CDAN-E", "AGLRLS", "AGLRLS, argmax of the fused stream",
+    assert m["profile"] == "tiny" and m["seeds"] == [0] and m["stage1_steps"] > 0
+    expected = {"source-only", "DANN", "CDAN-E", "AGLRLS", "oracle", "AGLRLS, argmax of the fused stream",
                 "AGLRLS, w/o local streams", "AGLRLS, fixed threshold 0.95", "AGLRLS, w/o pseudo labels"}
     assert set(m["target_acc"]) == expected
     assert all(0.0 <= a <= 1.0 for a in m["target_acc"].values())
+    assert set(m["vs_source_only"]) == {"DANN", "CDAN-E", "AGLRLS", "oracle"}
     assert set(m["glpc_share"]) == {"fused", "global", "sum"}
     assert sum(m["glpc_share"].values()) == pytest.approx(1.0)
     assert m["headline"]["AGLRLS acc"] == round(100 * m["target_acc"]["AGLRLS"], 1)
+    assert (tmp_path / "runs" / "bench" / "bench.md").is_file() and (tmp_path / "bench" / "jobs").is_dir()
 
 
 @pytest.mark.gpu
