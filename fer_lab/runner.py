@@ -145,6 +145,14 @@ def _plan_digest(job: Job | dict[str, Any]) -> str:
 
 def _init_worker(threads: int) -> None:
     set_threads(threads)
+    if sys.platform.startswith("linux"):  # a worker ends with the runner that started it (a killed bench leaves none)
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+        except OSError:
+            pass
 
 
 def launch_local(jobs: Sequence[Job], root: Path, workers: int, threads: int,

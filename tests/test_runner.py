@@ -86,8 +86,18 @@ def test_a_killed_run_started_again_runs_only_what_is_not_done(tmp_path):
     while not is_done(tmp_path / "root", "j0") and time.time() < deadline:
         time.sleep(0.2)
     assert is_done(tmp_path / "root", "j0")
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.kill(proc.pid, signal.SIGKILL)          # the runner alone: its worker must not outlive it
     proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)                # anything left in the runner's process group?
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("a worker process outlived the killed runner")
     assert not is_done(tmp_path / "root", "j1")
     jobs = [Job(f"j{i}", "test_runner:square", {"x": i, "out_dir": str(tmp_path / f"calls{i}")}) for i in range(3)]
     out = run_jobs(jobs, tmp_path / "root", workers=1, progress=False)
