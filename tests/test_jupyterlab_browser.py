@@ -202,6 +202,30 @@ def executed_lab_page(playwright_browser, lab):
     """Notebook 00 opened in JupyterLab, every cell run (tiny profile) and the notebook saved; yields the page."""
     page = playwright_browser.new_page()
     page.set_default_timeout(60_000)
+    try:
+        open_and_run_all(page, lab)
+    except Exception:
+        ARTEFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTEFACTS / "jupyterlab_00_failed.png"))  # where it stood
+        page.close()
+        raise
+    saved = lab.root / NOTEBOOK.name
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if any(c.get("outputs") for c in json.loads(saved.read_text())["cells"] if c["cell_type"] == "code"):
+                break
+        except (json.JSONDecodeError, KeyError):
+            pass  # half written
+        time.sleep(0.5)
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+def open_and_run_all(page, lab: LabServer) -> None:
+    """Open the notebook, wait for its kernel, run every cell, wait until all ran (or one failed), save."""
     page.goto(f"{lab.url}/lab/tree/{NOTEBOOK.name}?token={lab.token}")
     page.wait_for_function(
         """name => {
@@ -221,19 +245,6 @@ def executed_lab_page(playwright_browser, lab):
             return failed || (done && w.sessionContext.session.kernel.status === 'idle');
         }""", timeout=RUN_ALL_S * 1000, polling=500)
     page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
-    saved = lab.root / NOTEBOOK.name
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if any(c.get("outputs") for c in json.loads(saved.read_text())["cells"] if c["cell_type"] == "code"):
-                break
-        except (json.JSONDecodeError, KeyError):
-            pass  # half written
-        time.sleep(0.5)
-    try:
-        yield page
-    finally:
-        page.close()
 
 
 # -- tests ---------------------------------------------------------------------------------------------------------
