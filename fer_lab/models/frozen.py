@@ -76,6 +76,7 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "FROZEN_ENCODERS",
+    "FeatureMemo",
     "FrozenEncoder",
     "build_frozen_encoder",
     "load_clip_image_tower",
@@ -147,15 +148,86 @@ class FrozenEncoder(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         if torch.is_grad_enabled() and images.requires_grad:  # pixel attributions: gradient to the input only
             out = self.model(self.prepare(images))
+        elif self.memo is not None:
+            return self.memo.features(self, images)
         else:
             with torch.no_grad():
                 out = self.model(self.prepare(images))
+        return self._checked(out)
+
+    def _checked(self, out: Tensor) -> Tensor:
         if out.dim() != 2 or out.shape[1] != self.dim:
             raise RuntimeError(f"frozen encoder {self.name!r} returned {tuple(out.shape)}, expected [B, {self.dim}]")
         return out.float()
 
+    #: set by :meth:`use_memo`; ``None``: every call runs the model
+    memo: "FeatureMemo | None" = None
+
+    def use_memo(self, max_bytes: int = 1 << 30) -> "FrozenEncoder":
+        """Remember the features of the images seen, so each distinct face goes through the encoder once.
+
+        The memo is shared by every encoder with the same weights, name and preprocessing in this process (so the
+        runs of a notebook or a sweep reuse one another's features) and holds at most ``max_bytes`` of features.
+        With it, the features of an image do not depend on its batch-mates: images the memo lacks are encoded in
+        zero-padded chunks of :data:`MEMO_CHUNK` (a batch's composition otherwise moves the last digits of some
+        kernels' results), so a run gives the same result whichever run filled the memo, resumed or not.
+        """
+        key = f"{self.digest}|{self.name}|{self.input_size}|{self.normalize}"
+        memo = _MEMOS.get(key)
+        if memo is None:
+            memo = _MEMOS[key] = FeatureMemo(max_bytes)
+        self.memo = memo
+        return self
+
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, dim={self.dim}, input_size={self.input_size}, normalize={self.normalize!r}"
+
+
+#: Images the memo lacks are encoded in zero-padded chunks of this many (see :meth:`FrozenEncoder.use_memo`).
+MEMO_CHUNK = 32
+
+
+class FeatureMemo:
+    """Features of images seen before, keyed by a hash of their exact pixels (a cache: results are those the encoder
+    computes, in chunks of :data:`MEMO_CHUNK`). Bounded: once ``max_bytes`` are stored, new features are computed
+    but no longer kept."""
+
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
+        self.max_bytes = int(max_bytes)
+        self.table: dict[bytes, Tensor] = {}
+        self.bytes = 0
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def keys(images: Tensor) -> list[bytes]:
+        flat = images.detach().to("cpu", torch.float32).contiguous().reshape(len(images), -1).numpy()
+        return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat]
+
+    def features(self, encoder: "FrozenEncoder", images: Tensor) -> Tensor:
+        keys = self.keys(images)
+        missing = [i for i, k in enumerate(keys) if k not in self.table]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        fresh: dict[int, Tensor] = {}
+        with torch.no_grad():
+            for start in range(0, len(missing), MEMO_CHUNK):
+                rows = missing[start:start + MEMO_CHUNK]
+                x = images[rows]
+                if len(rows) < MEMO_CHUNK:
+                    x = torch.cat([x, x.new_zeros((MEMO_CHUNK - len(rows), *x.shape[1:]))])
+                out = encoder._checked(encoder.model(encoder.prepare(x)))[: len(rows)].cpu()
+                for i, f in zip(rows, out):
+                    f = f.clone()
+                    fresh[i] = f
+                    if keys[i] not in self.table and self.bytes + f.numel() * 4 <= self.max_bytes:
+                        self.table[keys[i]] = f
+                        self.bytes += f.numel() * 4
+        rows = [fresh[i] if i in fresh else self.table[k] for i, k in enumerate(keys)]
+        return torch.stack(rows).to(images.device)
+
+
+_MEMOS: dict[str, FeatureMemo] = {}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

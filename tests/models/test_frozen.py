@@ -170,3 +170,30 @@ def test_a_trained_run_as_frozen_encoder(tmp_path, images):
         torch.testing.assert_close(enc(images), backbone(images)[1].mean((2, 3)))
     with pytest.raises(FileNotFoundError, match="not a fer-lab run folder"):
         build_frozen_encoder(f"run:{tmp_path / 'nothing'}")
+
+
+def test_feature_memo_encodes_each_face_once_and_ignores_batch_mates(images):
+    from fer_lab.models.frozen import MEMO_CHUNK, FeatureMemo
+
+    enc = FrozenEncoder(_Tiny(), 8, name="memo-test")
+    calls = []
+    enc.model.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    enc.use_memo()
+    assert enc.memo is FrozenEncoder(enc.model, 8, name="memo-test").use_memo().memo   # shared: same weights
+    assert enc.memo is not FrozenEncoder(_Tiny(), 8, name="memo-test").use_memo().memo  # other weights
+    first = enc(images)
+    assert calls == [MEMO_CHUNK]                                   # the three misses, padded to one chunk
+    again = enc(images.flip(0))
+    assert calls == [MEMO_CHUNK] and torch.equal(again, first.flip(0))   # all hits, nothing encoded
+    assert enc.memo.hits == 3 and enc.memo.misses == 3
+    other = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    mixed = enc(torch.cat([images[:1], other]))
+    assert torch.equal(mixed[0], first[0]) and calls == [MEMO_CHUNK, MEMO_CHUNK]
+    fresh = FrozenEncoder(enc.model, 8, name="memo-test-2").use_memo()
+    torch.testing.assert_close(fresh(other), mixed[1:], atol=0, rtol=0)   # chunked: independent of batch-mates
+    bounded = FeatureMemo(max_bytes=8 * 4)                          # room for one feature vector of 8 floats
+    bounded.features(enc, images)
+    assert len(bounded.table) == 1 and bounded.bytes == 32
+    x = images.clone().requires_grad_(True)                         # attributions bypass the memo
+    enc(x).sum().backward()
+    assert x.grad is not None
