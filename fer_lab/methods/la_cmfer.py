@@ -470,13 +470,13 @@ def alignment_weight_frame(method: LACMFER, sources, target, per_domain: int = 6
     """The sample-level alignment weights the trained model gives one batch shaped like a training batch:
     ``per_domain`` seeded rows of each source (a list of FaceTensors, one per domain) and of the target, in eval
     mode, unaugmented. Returns a DataFrame (one row per face): ``side`` (source / target), ``domain`` (id),
-    ``dataset`` (name), ``index``, ``label`` (true), ``assigned`` (source label or target pseudo label),
+    ``dataset`` (domain name, e.g. ``synth:lab``), ``index``, ``label`` (true), ``assigned`` (source label or target pseudo label),
     ``confidence``, ``weight`` (sums to 1 per side; 0 = not counted)."""
     import numpy as np
     import pandas as pd
 
     from fer_lab.data.loading import concat_batches, to_device
-    from fer_lab.evaluate import eval_mode
+    from fer_lab.evaluate import domain_name, eval_mode
 
     rng = np.random.default_rng(seed)
 
@@ -492,7 +492,7 @@ def alignment_weight_frame(method: LACMFER, sources, target, per_domain: int = 6
         logits = method.heads[branch](f[branch])
         a = method.branch_alignment(f[branch], logits, xs["labels"], n)
     conf = logits.softmax(1).max(1).values.cpu()
-    names = {d.domain: d.name for d in [*sources, target]}
+    names = {d.domain: domain_name(d.name) for d in [*sources, target]}
     domain = torch.cat([xs["domain"], xt["domain"]]).cpu()
     return pd.DataFrame({
         "side": ["source"] * n + ["target"] * len(xt["labels"]),
@@ -518,7 +518,7 @@ def faces_figure(frame, datasets, k: int = 8, title: str = ""):
         img = datasets[int(r["domain"])].images[int(r["index"])].permute(1, 2, 0).numpy()
         ax.imshow(img, interpolation="nearest")
         lab = EXPRESSIONS[int(r["label"])] if r["label"] >= 0 else "?"
-        ax.set_title(f"{str(r['dataset']).split('?')[0]}\n{lab}, w={r['weight']:.3f}", fontsize=7)
+        ax.set_title(f"{r['dataset']}\n{lab}, w={r['weight']:.3f}", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(pad=0.3)

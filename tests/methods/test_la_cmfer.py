@@ -174,3 +174,22 @@ def test_trainer_runs_multi_source_and_reports_every_branch(tmp_path):
     method, cfg = load_run(run.out_dir)
     accs = branch_accuracies(method, load_split(cfg, "synth:wild", "test", 3))
     assert set(accs) == {"global", "local", "average"} and all(0 <= v <= 1 for v in accs.values())
+
+
+def test_analysis_views_on_a_small_model():
+    from fer_lab.methods.la_cmfer import alignment_weight_frame, pseudo_label_rules, similarity_matrix
+
+    src, tgt = synth_pair(n=40, seed=6, split="test")
+    torch.manual_seed(0)
+    m = build_method("la_cmfer")
+    frame = alignment_weight_frame(m, [src], tgt, per_domain=16, seed=0)
+    assert len(frame) == 32 and list(frame.side.unique()) == ["source", "target"]
+    assert set(frame.dataset) == {"synth:lab", "synth:wild"}
+    for side in ("source", "target"):
+        w = frame[frame.side == side].weight
+        assert (w >= 0).all() and (w.sum() == pytest.approx(1.0, abs=1e-5) or w.sum() == 0)
+    rules = pseudo_label_rules(m, tgt, threshold=0.0)       # every face passes a zero threshold on its own view
+    assert rules.loc["global alone", "coverage"] == 1.0 and rules.loc["local alone", "faces"] == len(tgt)
+    assert rules.loc["agreement (paper)", "coverage"] <= 1.0
+    sim = similarity_matrix(m, tgt)
+    assert sim.shape == (7, 7) and np.allclose(sim.sum(1), 1.0, atol=1e-5)
