@@ -56,17 +56,19 @@ def test_cell_timeout_interrupts_the_cell_and_names_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_notebook_00_smoke_metrics(tmp_path):
-    record = nbs.run_notebook(NOTEBOOKS[0], tmp_path, {"profile": "smoke", "device": "cpu",
-                                                       "out_dir": str(tmp_path / "runs")}, html=True,
+def test_notebook_00_metrics_tiny(tmp_path):
+    """Notebook 00 end to end at the tiny profile: the bench rows, the alignment numbers, the metrics layout and the
+    HTML report (which method wins is the bench's question, not a test's)."""
+    record = nbs.run_notebook(NOTEBOOKS[0], tmp_path, {"profile": "tiny", "device": "cpu",
+                                                       "out_dir": str(tmp_path / "runs"),
+                                                       "bench_dir": str(tmp_path / "bench")}, html=True,
                               cell_timeout=CELL_TIMEOUT)
     m = record["metrics"]
     acc = m["target_acc"]
-    assert m["profile"] == "smoke" and set(acc) == {"source_only", "dann"}
-    # the shift is real (well below the ~99% a lab model scores on lab) but the task is learnable (above chance);
-    # whether DANN beats source-only is tests/test_end_to_end.py's question
-    assert all(1 / 7 < a < 0.9 for a in acc.values()), acc
+    assert m["profile"] == "tiny" and m["seeds"] == [0] and set(acc) == {"source_only", "dann", "oracle"}
+    assert all(0.0 <= a <= 1.0 for a in acc.values()), acc
     assert m["headline"] == {f"{k} acc": round(100 * v, 1) for k, v in acc.items()}
+    assert set(m["dann_vs_source_only"]) >= {"diff", "lo", "hi", "wins", "n"}
     assert 0.0 <= m["pad_fused"]["dann"] <= 2.0
     assert (tmp_path / "00_synthfer_tour.html").stat().st_size > 10_000
     assert json.loads((tmp_path / "00_synthfer_tour.metrics.json").read_text()) == m
