@@ -470,8 +470,8 @@ def alignment_weight_frame(method: LACMFER, sources, target, per_domain: int = 6
     """The sample-level alignment weights the trained model gives one batch shaped like a training batch:
     ``per_domain`` seeded rows of each source (a list of FaceTensors, one per domain) and of the target, in eval
     mode, unaugmented. Returns a DataFrame (one row per face): ``side`` (source / target), ``domain`` (id),
-    ``dataset`` (domain name, e.g. ``synth:lab``), ``index``, ``label`` (true), ``assigned`` (source label or target pseudo label),
-    ``confidence``, ``weight`` (sums to 1 per side; 0 = not counted)."""
+    ``dataset`` (domain name, e.g. ``synth:lab``), ``index``, ``label`` (true), ``assigned`` (source label or
+    target pseudo label), ``confidence``, ``weight`` (sums to 1 per side; 0 = not counted)."""
     import numpy as np
     import pandas as pd
 
