@@ -378,10 +378,26 @@ def launch_ray(jobs: Sequence[Job], root: Path, workers: int, threads: int,
         saved = ray_constants.ENABLE_RAY_CLUSTER
         ray_constants.ENABLE_RAY_CLUSTER = saved and not loopback
         try:
-            ray.init(**kw)
+            for attempt in range(3 if not address else 1):
+                try:
+                    ray.init(**kw)
+                    break
+                except Exception as e:  # Ray gives a starting node 30 s: too little on a machine under load
+                    if "timed out during startup" not in str(e) or attempt == 2:
+                        raise
+                    ray.shutdown()
         finally:
             ray_constants.ENABLE_RAY_CLUSTER = saved
         started = True
+    if started and not address:  # a private cluster never grows: a request it cannot meet would wait forever
+        have = ray.cluster_resources()
+        for job in jobs:
+            need = {"num_cpus": threads, **job.resources}
+            for k, name in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
+                if need.get(k, 0) > have.get(name, 0):
+                    ray.shutdown()
+                    raise ValueError(f"job {job.key} asks for {need[k]:g} {name}(s); the local Ray cluster has "
+                                     f"{have.get(name, 0):g} (num_gpus / --gpus-per-run, --workers x --threads)")
     task = ray.remote(max_retries=0)(execute)
 
     def submit(job: Job) -> Any:

@@ -735,7 +735,8 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     t.add_argument("folder")
     t.add_argument("--methods", default="source_only,dann")
     t.add_argument("--seeds", type=_int_list, default=[0, 1, 2])
-    t.add_argument("--draws", type=int, default=1, help="hyper-parameter draws per method (0 = defaults)")
+    t.add_argument("--draws", type=int, default=1,
+                   help="hyper-parameter draws per method (draw 0: the defaults; d > 0: Hparams.sample(d))")
     t.add_argument("--source", action="append", default=[], help="source spec(s) (repeatable: one sweep cell each)")
     t.add_argument("--target", action="append", default=[], help="target spec (repeatable; 'none' for none)")
     t.add_argument("--profile", default="smoke", choices=["auto", *PROFILES])

@@ -31,7 +31,8 @@ def test_notebook_06_reads_a_given_sweep_folder_as_it_stands(tmp_path):
     from test_sweep import _evals, _fake_run
 
     folder = tmp_path / "given"
-    sw.create_sweep(folder, sw.plan_training(["source_only", "dann"], seeds=[0, 1], draws=1, config={"profile": "tiny"}))
+    plan = sw.plan_training(["source_only", "dann"], seeds=[0, 1], draws=1, config={"profile": "tiny"})
+    sw.create_sweep(folder, plan)
     _fake_run(folder, "source_only.synth-lab.synth-wild.d0.s0", _evals((5, 0.40, 0.70), (10, 0.50, 0.80)))
     _fake_run(folder, "dann.synth-lab.synth-wild.d0.s0", None, error="RuntimeError: out of memory")
     record = nbs.run_notebook(nbs.discover(only=["06"])[0], tmp_path / "nb",

@@ -53,33 +53,43 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _stop(proc):
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):  # the whole group: raylet, gcs, workers
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(wait)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    """``ray start --head`` on 127.0.0.1; yields its address; the process group is ended at teardown."""
-    port, temp = _free_port(), tempfile.mkdtemp(prefix="flr-", dir="/tmp")  # short: Ray's socket paths
-    env = {**os.environ, **LOOPBACK, **NO_TOKEN, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-    log = open(Path(temp) / "start.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-                             "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
-                             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}",
-                             "--object-store-memory=100000000"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 180
-        while "Ray runtime started" not in (Path(temp) / "start.log").read_text():
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail("ray start failed:\n" + (Path(temp) / "start.log").read_text()[-3000:])
+    """``ray start --head`` on 127.0.0.1; yields its address; the process group is ended at teardown.
+    A start that times out (Ray gives its node 30 s, too little on a loaded machine) is tried again, twice."""
+    for attempt in range(3):
+        port, temp = _free_port(), tempfile.mkdtemp(prefix="flr-", dir="/tmp")  # short: Ray's socket paths
+        env = {**os.environ, **LOOPBACK, **NO_TOKEN, "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+        log_path = Path(temp) / "start.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                                     "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
+                                     "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}",
+                                     "--object-store-memory=100000000"],
+                                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 120
+        while "Ray runtime started" not in log_path.read_text() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.2)
+        if "Ray runtime started" in log_path.read_text():
+            break
+        _stop(proc)
+        if attempt == 2:
+            pytest.fail("ray start failed:\n" + log_path.read_text()[-3000:])
+        shutil.rmtree(temp, ignore_errors=True)
+    try:
         yield f"127.0.0.1:{port}"
     finally:
-        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):  # the whole group: raylet, gcs, workers
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(wait)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-        log.close()
+        _stop(proc)
         shutil.rmtree(temp, ignore_errors=True)
 
 
