@@ -41,7 +41,10 @@ Assumptions (none is from the paper; each names the hyper-parameter that switche
 
 * A1 the target domain is a single subject (or a few); nothing in the method depends on it, the data spec chooses.
 * A2 the encoder is fer-lab's shared global-local extractor (``feature``, 384-d ``fused`` by default) followed by
-  two linear+ReLU heads: ``e`` of ``expr_dim`` (64) and ``p`` of ``pose_dim`` (32) dimensions.
+  two linear+ReLU heads: ``e`` and ``p`` of ``pose_dim`` (32) dimensions. ``e`` has the feature's size and its
+  head starts as the identity (``expr_dim=0``; the features are non-negative, so ``ReLU(I f) = f``): started from
+  a source-only model, the method predicts exactly as it does and adapts from there; ``expr_dim=64`` gives a
+  fresh 64-d projection instead.
 * A3 pose is supervised as **|yaw| bins** (classification; ``yaw_bins`` edges in degrees, default 15,30,45,60 ->
   5 bins), not regression: the trainer's flip augmentation mirrors the image but not the yaw label, and |yaw| is
   flip-invariant; bins also match the datasets' discrete camera angles (Multi-PIE's 15 degree steps).
@@ -81,7 +84,9 @@ __all__ = ["PoseADA", "PoseADAHparams", "same_subject_partners", "yaw_bins"]
 
 @dataclass
 class PoseADAHparams(Hparams):
-    expr_dim: int = 64               # A2: the expression code (the CD-FER benchmark's per-stream size)
+    expr_dim: int = 0                # A2: 0 = the feature's size with an identity-initialised head, so that from a
+    #                                  source-only stage 1 the expression path starts as that model (its
+    #                                  classifier loads); > 0 = a fresh projection of that size
     pose_dim: int = 32               # A2: pose needs fewer dimensions than expression (a few bins)
     yaw_bins: str = "15,30,45,60"    # A3: |yaw| bin edges in degrees (5 bins; Multi-PIE's 15 degree steps)
     target_pose: bool = False        # A4: pose labels on the source only, as the abstract says
@@ -157,16 +162,23 @@ class PoseADA(Method):
         self.register_buffer("yaw_edges", torch.tensor(edges), persistent=False)
         self.num_pose_bins = len(edges) + 1
         # A2: the shared encoder = extractor + two code heads
-        self.expr_head = nn.Sequential(nn.Linear(self.feature_dim, hp.expr_dim), nn.ReLU())
+        if hp.expr_dim < 0:
+            raise ValueError(f"expr_dim must be 0 (the feature's size, identity start) or positive, got {hp.expr_dim}")
+        self.expr_dim = int(hp.expr_dim) or self.feature_dim
+        self.expr_head = nn.Sequential(nn.Linear(self.feature_dim, self.expr_dim), nn.ReLU())
+        if not hp.expr_dim:
+            with torch.no_grad():
+                self.expr_head[0].weight.copy_(torch.eye(self.feature_dim))
+                self.expr_head[0].bias.zero_()
         self.pose_head = nn.Sequential(nn.Linear(self.feature_dim, hp.pose_dim), nn.ReLU())
-        self.classifier = nn.Linear(hp.expr_dim, self.num_classes)              # C_e
+        self.classifier = nn.Linear(self.expr_dim, self.num_classes)            # C_e
         self.pose_classifier = nn.Linear(hp.pose_dim, self.num_pose_bins)       # C_p
-        self.disc_expr = DomainDiscriminator(hp.expr_dim, hidden=hp.disc_hidden, dropout=hp.disc_dropout)  # D_e
+        self.disc_expr = DomainDiscriminator(self.expr_dim, hidden=hp.disc_hidden, dropout=hp.disc_dropout)  # D_e
         self.disc_pose = DomainDiscriminator(hp.pose_dim, hidden=hp.disc_hidden, dropout=hp.disc_dropout)  # D_p
-        self.pose_from_expr = nn.Linear(hp.expr_dim, self.num_pose_bins)         # P_e (ii)
+        self.pose_from_expr = nn.Linear(self.expr_dim, self.num_pose_bins)       # P_e (ii)
         self.expr_from_pose = nn.Linear(hp.pose_dim, self.num_classes)           # Q_p (ii)
         w = int(hp.decoder_width)
-        self.decoder = CodeDecoder((hp.expr_dim, hp.pose_dim), out_size=hp.recon_size,
+        self.decoder = CodeDecoder((self.expr_dim, hp.pose_dim), out_size=hp.recon_size,
                                    channels=(w, max(w // 2, 1), max(w // 4, 1)))            # G (iii)
         self.grl = WarmStartGradientReverse(alpha=hp.grl_alpha)
 

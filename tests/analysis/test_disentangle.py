@@ -76,7 +76,7 @@ def test_code_set_and_swap_error_with_pose_ada():
     data = FaceTensors(arrays, 32)
     m = build_method("pose_ada", {"feat_dim": 8, "recon_size": 16})
     cs = code_set(m, data)
-    assert cs.expr.shape == (16, 64) and cs.pose.shape == (16, 32) and len(set(cs.subject.tolist())) == 1
+    assert cs.expr.shape == (16, 48) and cs.pose.shape == (16, 32) and len(set(cs.subject.tolist())) == 1
     pairs = swap_pairs(cs.subject, cs.yaw, n_pairs=3, min_gap=20)
     truth, _ = render_at_pose("lab", pairs[:, 0], arrays.pose[pairs[:, 1]], n=16, size=32, split="test", subject=1,
                               yaw="0,60")

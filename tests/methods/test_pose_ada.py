@@ -26,6 +26,7 @@ def make(**hp):
 
 def test_registered_and_shapes_as_documented():
     m = make(expr_dim=24, pose_dim=12, recon_size=16)
+    assert make().expr_dim == 96                                    # 0: the fused feature's size (6 x 16)
     assert isinstance(m, PoseADA) and m.num_pose_bins == 5
     x = batch()
     emb = m.embed(x)
@@ -134,3 +135,18 @@ def test_trains_through_the_trainer_and_reloads(tmp_path, monkeypatch):
     assert 0.0 <= r.target_acc() <= 1.0 and r.history[0]["recon"] > 0
     method, cfg = load_run(r.out_dir)
     assert isinstance(method, PoseADA) and cfg.target == "synth:wild?subject=1&n=32"
+
+
+def test_from_a_source_only_stage1_it_predicts_as_that_model():
+    torch.manual_seed(1)
+    stage1 = build_method("source_only", {"feat_dim": 16})
+    m = make()
+    missing, unexpected = m.load_state_dict(m.initial_state(stage1.state_dict()), strict=False)
+    assert not unexpected and all(k.startswith(PoseADA.fresh_on_init) for k in missing)
+    assert not any(k.startswith("classifier.") for k in missing)           # the stage-1 classifier loads
+    x = batch(seed=5)
+    stage1.eval(), m.eval()
+    torch.testing.assert_close(m.predict(x), stage1.predict(x))
+    small = make(expr_dim=24)                                             # a fresh projection: its classifier is new
+    missing, _ = small.load_state_dict(small.initial_state(stage1.state_dict()), strict=False)
+    assert "classifier.weight" in missing
