@@ -340,7 +340,7 @@ def launch_ray(jobs: Sequence[Job], root: Path, workers: int, threads: int,
     must be on a file system every node sees and fer_lab importable on every node. Without it a private local
     cluster is started on 127.0.0.1 with ``workers * threads`` CPUs (``num_gpus``: the GPUs it offers, default
     detected), no dashboard, no usage statistics and its temp dir in ``temp_dir`` (default a new folder under
-    /tmp: Ray's socket paths must stay short), and stopped at the end. A session already connected (``ray.init``
+    /tmp, removed at the end: Ray's socket paths must stay short), and stopped at the end. A session already connected (``ray.init``
     called by the caller) is used as it is. Each task asks for ``threads`` CPUs unless its ``Job.resources`` says
     otherwise (``{"num_cpus": 2, "num_gpus": 1}``; Ray's ``memory``, ``resources`` and ``accelerator_type`` too).
     Tasks are never retried by Ray: a failure is kept in error.txt and the next run of the sweep retries it."""
@@ -358,7 +358,7 @@ def launch_ray(jobs: Sequence[Job], root: Path, workers: int, threads: int,
         if unknown:
             raise ValueError(f"job {job.key}: resource(s) {', '.join(unknown)} are not Ray task options "
                              f"({', '.join(RAY_RESOURCES)})")
-    started = False
+    started, own_temp = False, None
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         kw: dict[str, Any] = dict(log_to_driver=False, logging_level="warning", runtime_env=runtime_env)
@@ -369,9 +369,10 @@ def launch_ray(jobs: Sequence[Job], root: Path, workers: int, threads: int,
                                 "RAY_USAGE_STATS_ENABLED": "0"}}
             for k, v in (runtime_env or {}).items():
                 env[k] = {**env.get(k, {}), **v} if isinstance(v, dict) else v
+            own_temp = None if temp_dir else tempfile.mkdtemp(prefix="fer-lab-ray-", dir="/tmp")
             kw.update(address="local", num_cpus=max(1, workers) * threads, num_gpus=num_gpus, runtime_env=env,
                       include_dashboard=False, _node_ip_address="127.0.0.1", object_store_memory=100 * 2**20,
-                      _temp_dir=temp_dir or tempfile.mkdtemp(prefix="fer-lab-ray-", dir="/tmp"))
+                      _temp_dir=temp_dir or own_temp)
         else:
             kw["address"] = address
         # Ray swaps a loopback address for the machine's own unless told the cluster is single-machine
@@ -396,6 +397,10 @@ def launch_ray(jobs: Sequence[Job], root: Path, workers: int, threads: int,
             for k, name in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
                 if need.get(k, 0) > have.get(name, 0):
                     ray.shutdown()
+                    if own_temp:
+                        import shutil
+
+                        shutil.rmtree(own_temp, ignore_errors=True)
                     raise ValueError(f"job {job.key} asks for {need[k]:g} {name}(s); the local Ray cluster has "
                                      f"{have.get(name, 0):g} (num_gpus / --gpus-per-run, --workers x --threads)")
     task = ray.remote(max_retries=0)(execute)
@@ -422,6 +427,10 @@ def launch_ray(jobs: Sequence[Job], root: Path, workers: int, threads: int,
     finally:
         if started:
             ray.shutdown()
+        if own_temp:  # the session's logs go with the private cluster (pass temp_dir to keep them)
+            import shutil
+
+            shutil.rmtree(own_temp, ignore_errors=True)
 
 
 SLURM_RESOURCES = {"num_cpus": "cpus_per_task", "num_gpus": "gpus_per_node", "mem_gb": "mem_gb",
