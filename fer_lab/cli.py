@@ -4,6 +4,7 @@
     fer-lab compare --source synth:lab --target synth:wild        # source-only, DANN, CDAN-E and the oracle
     fer-lab bench --source synth:wild --target synth:lab,synth:lowres --methods source_only,dann --seeds 0,1,2
     fer-lab train --method gen_fer --source synth:lab --eval synth:wild,synth:lowres,synth:profile   # no target
+    fer-lab sweep train runs/sw --methods source_only,dann --seeds 0,1,2 --draws 4 [--launcher ray|slurm]
     fer-lab pretrain [--profile smoke]                         # the frozen face encoder gen_fer uses (cached)
     fer-lab notebooks run [--profile smoke] [--device cuda]   # papermill every numbered notebook
     fer-lab methods | backbones | datasets
@@ -310,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fer_lab.data.prepare import add_data_parser
 
     add_data_parser(sub)  # fer-lab data check|prepare SPEC
+    from fer_lab.sweep import add_sweep_parser
+
+    add_sweep_parser(sub)  # fer-lab sweep train|notebook|run|report
     return p
 
 

@@ -261,8 +261,9 @@ def run_jobs(jobs: Iterable[Job], root: str | os.PathLike, launcher: str = "loca
         outcomes[out.key] = out
         counts[out.status] += 1
         bar.update(1)
-        bar.set_postfix(done=counts["done"] + counts["cached"], failed=counts["failed"],
-                        left=len(jobs) - len(outcomes))
+        left = len(jobs) - len(outcomes)
+        bar.set_postfix(done=counts["done"] + counts["cached"], running=min(max(1, workers), left),
+                        failed=counts["failed"], left=left)
         if out.status == "failed" and progress:
             last = (out.error or "").strip().splitlines()[-1:] or [""]
             tqdm.write(f"job {out.key} failed: {last[0]} (see {job_dir(root, out.key) / 'error.txt'})")
