@@ -83,7 +83,7 @@ def test_notebook_05_metrics_tiny(tmp_path):
                               html=False, cell_timeout=CELL_TIMEOUT)
     m = record["metrics"]
     methods = {"gen_fer", "source-only (fine-tuned)", "linear probe"}
-    assert m["profile"] == "tiny" and m["encoder"] == "pretrain:tiny" and set(m["mean_unseen"]) == methods
+    assert m["profile"] == "tiny" and m["encoder"] == "dlib:face_resnet?feature=pooled" and set(m["mean_unseen"]) == methods
     for name, row in m["accuracy"].items():
         assert list(row) == ["synth:lab (source)", "synth:wild", "synth:lowres", "synth:profile", "mean unseen"]
         assert row["mean unseen"] == pytest.approx(sum(row[d] for d in list(row)[1:4]) / 3)
