@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["alignment", "attribution", "gallery", "thresholds"]
+__all__ = ["alignment", "attribution", "disentangle", "gallery", "thresholds"]
 
 
 def __getattr__(name: str) -> Any:
