@@ -95,3 +95,22 @@ def test_registry_lists_baselines_and_rejects_unknown():
     assert set(BASELINES) <= set(METHODS)
     with pytest.raises(KeyError, match="unknown method 'danm'; known methods: .*cdan, dann"):
         build_method("danm")
+
+
+@pytest.mark.parametrize("name", sorted(set(METHODS) - {"gen_fer", "linear_probe"}))
+def test_every_registered_method_keeps_the_contract(name, tiny):
+    """One update returns finite float losses including "loss"; predict gives [B, 7]; embed names [B, d] features.
+    (gen_fer and linear_probe need a frozen encoder: tests/methods/test_gen_fer.py.)"""
+    torch.manual_seed(0)
+    method = build_method(name)
+    method.setup_data([64], 64, 32)
+    s, t = tiny
+    if getattr(method, "wants_strong_view", False):
+        t = {**t, "strong": t["images"].flip(-1), "strong_landmarks": t["landmarks"]}
+    logs = method.update(s, t if method.needs_target else None, 0.5)
+    assert "loss" in logs and all(isinstance(v, float) and np.isfinite(v) for v in logs.values()), logs
+    method.eval()
+    with torch.no_grad():
+        assert method.predict(s).shape == (32, 7)
+        feats = method.embed(s)
+    assert feats and all(f.shape[0] == 32 for f in feats.values())
