@@ -128,9 +128,12 @@ def glpc(probs: Tensor, sigma: Tensor, order: Sequence[int] = (FUSED, GLOBAL), p
 class AGLRLS(Method):
     """AGLRLS (see the module docstring). ``update`` runs stage 1 then stage 2 by training progress."""
 
-    # from a source-only run (the benchmark's shared stage 1) the fused head starts from its classifier and the
-    # other heads and the discriminators start fresh (its own stage 1, ``stage1_fraction``, then trains them)
-    fresh_on_init = ("heads.", "discriminators.", "grl.")
+    @property
+    def fresh_on_init(self) -> tuple[str, ...]:  # type: ignore[override]
+        """From a source-only run (the benchmark's shared stage 1) the fused head starts from its classifier and the
+        other heads and the discriminators start fresh (its own stage 1, ``stage1_fraction``, then trains them);
+        from an AGLRLS run nothing may be missing."""
+        return ("heads.", "discriminators.", "grl.") if getattr(self, "_init_from_source_only", False) else ()
 
     Hparams = AGLRLSHparams
     wants_strong_view: ClassVar[bool] = True
@@ -171,7 +174,8 @@ class AGLRLS(Method):
         per_run = ("pseudo_store.", "transfer_steps")
         own = {k: v for k, v in self.state_dict().items() if k.startswith(per_run)}
         state = {**{k: v for k, v in state.items() if not k.startswith(per_run)}, **own}
-        if "fused" in self.slot and not any(k.startswith("heads.") for k in state):  # a source-only run
+        self._init_from_source_only = not any(k.startswith("heads.") for k in state)
+        if "fused" in self.slot and self._init_from_source_only:  # a source-only run
             for part in ("weight", "bias"):
                 if f"classifier.{part}" in state:
                     state[f"heads.{self.slot['fused']}.{part}"] = state.pop(f"classifier.{part}")
