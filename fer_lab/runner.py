@@ -161,43 +161,22 @@ def launch_local(jobs: Sequence[Job], root: Path, workers: int, threads: int,
     ``workers`` fresh processes with ``threads`` threads each."""
     if options:
         raise ValueError(f"the local launcher takes no options, got {', '.join(options)}")
-    pending = list(jobs)
-    state: dict[str, str] = {}
     ctx = mp.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx, initializer=_init_worker,
                                 initargs=(threads,)) as pool:
-        running: dict[cf.Future, Job] = {}
-        while pending or running:
-            for job in list(pending):
-                if len(running) >= max(1, workers):
-                    break
-                deps = [state.get(d, "done" if is_done(root, d) else None) for d in job.after]
-                if any(d == "failed" for d in deps):
-                    pending.remove(job)
-                    bad = next(d for d, s in zip(job.after, deps) if s == "failed")
-                    msg = f"not run: the job it depends on, {bad}, failed"
-                    _atomic_write(job_dir(root, job.key) / "error.txt", msg + "\n")
-                    state[job.key] = "failed"
-                    on_finish(Outcome(job.key, "failed", error=msg))
-                    continue
-                if all(d == "done" for d in deps):
-                    pending.remove(job)
-                    running[pool.submit(execute, asdict(job), str(root), threads)] = job
-            if not running:
-                if pending:  # nothing runnable and nothing running: a dependency is not in this run
-                    missing = sorted({d for j in pending for d in j.after if d not in state and not is_done(root, d)})
-                    raise JobFailed(f"jobs wait on unknown or unfinished jobs: {', '.join(missing)}")
-                break
-            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+
+        def wait(futures: list[cf.Future]) -> list[tuple[cf.Future, dict[str, Any]]]:
+            finished, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
+            out = []
             for fut in finished:
-                job = running.pop(fut)
                 try:
-                    out = fut.result()
+                    out.append((fut, fut.result()))
                 except Exception:  # the worker process itself died
-                    out = {"status": "failed", "error": traceback.format_exc(), "seconds": 0.0}
-                    _atomic_write(job_dir(root, job.key) / "error.txt", out["error"])
-                state[job.key] = out["status"]
-                on_finish(Outcome(job.key, out["status"], out.get("result"), out.get("error"), out["seconds"]))
+                    out.append((fut, _crashed("worker process")))
+            return out
+
+        _dispatch(jobs, root, on_finish, lambda job: pool.submit(execute, asdict(job), str(root), threads), wait,
+                  max_in_flight=workers, cancel=lambda futures: [f.cancel() for f in futures])
 
 
 LAUNCHERS: Registry[Callable[..., None]] = Registry("launcher")
