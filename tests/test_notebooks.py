@@ -1,7 +1,9 @@
-"""The numbered notebooks: hygiene of the committed files, and a papermill run of each with its metrics checked.
+"""The numbered notebooks: hygiene of the committed files, and the figures each one reports.
 
-``scripts/test.sh`` also runs ``pytest --nbval-lax notebooks`` (every cell must run in a fresh kernel, with the
-``tiny`` profile), so these tests focus on what nbval cannot see: the figures each notebook reports.
+``scripts/test.sh`` runs nbval over ``notebooks/`` first (every cell must run in a fresh kernel, with the ``tiny``
+profile); the metrics tests here check what nbval cannot see, the figures each notebook wrote, and reuse that run
+(:func:`conftest.notebook_record`): every notebook runs once per suite. Called on their own they run the notebook
+with papermill.
 """
 
 import json
@@ -10,7 +12,9 @@ import nbformat
 import torch
 import pytest
 
+from conftest import notebook_record
 from fer_lab import notebooks as nbs
+from fer_lab import sweep as sw
 
 NOTEBOOKS = nbs.discover()
 CELL_TIMEOUT = 300  # seconds; the slowest cell here takes under a minute: a stuck cell fails fast and is named
@@ -57,12 +61,9 @@ def test_cell_timeout_interrupts_the_cell_and_names_it(tmp_path):
 
 @pytest.mark.slow
 def test_notebook_00_metrics_tiny(tmp_path):
-    """Notebook 00 end to end at the tiny profile: the bench rows, the alignment numbers, the metrics layout and the
-    HTML report (which method wins is the bench's question, not a test's)."""
-    record = nbs.run_notebook(NOTEBOOKS[0], tmp_path, {"profile": "tiny", "device": "cpu",
-                                                       "out_dir": str(tmp_path / "runs"),
-                                                       "bench_dir": str(tmp_path / "bench")}, html=True,
-                              cell_timeout=CELL_TIMEOUT)
+    """Notebook 00 end to end at the tiny profile: the bench rows, the alignment numbers, the metrics layout (which
+    method wins is the bench's question, not a test's)."""
+    record = notebook_record("00", tmp_path)
     m = record["metrics"]
     acc = m["target_acc"]
     assert m["profile"] == "tiny" and m["seeds"] == [0] and set(acc) == {"source_only", "dann", "oracle"}
@@ -70,17 +71,14 @@ def test_notebook_00_metrics_tiny(tmp_path):
     assert m["headline"] == {f"{k} acc": round(100 * v, 1) for k, v in acc.items()}
     assert set(m["dann_vs_source_only"]) >= {"diff", "lo", "hi", "wins", "n"}
     assert 0.0 <= m["pad_fused"]["dann"] <= 2.0
-    assert (tmp_path / "00_synthfer_tour.html").stat().st_size > 10_000
-    assert json.loads((tmp_path / "00_synthfer_tour.metrics.json").read_text()) == m
+    assert (record["dirs"]["bench_dir"] / "jobs").is_dir()
 
 
 @pytest.mark.slow
 def test_notebook_05_metrics_tiny(tmp_path):
     """Notebook 05 end to end at the tiny profile: the layout of its metrics (nbval runs it too; the smoke-profile
     comparison is tests/methods/test_gen_fer.py's question, and the README gives the notebook's smoke figures)."""
-    path = next(p for p in NOTEBOOKS if p.name == "05_generalizable_fer.ipynb")
-    record = nbs.run_notebook(path, tmp_path, {"profile": "tiny", "device": "cpu", "out_dir": str(tmp_path / "runs")},
-                              html=False, cell_timeout=CELL_TIMEOUT)
+    record = notebook_record("05", tmp_path)
     m = record["metrics"]
     methods = {"gen_fer", "source-only (fine-tuned)", "linear probe"}
     assert m["profile"] == "tiny" and m["encoder"] == "dlib:face_resnet?feature=pooled" and set(m["mean_unseen"]) == methods
@@ -97,9 +95,7 @@ def test_notebook_05_metrics_tiny(tmp_path):
 def test_notebook_01_metrics_tiny(tmp_path):
     """Notebook 01 end to end with every ablation, at the tiny profile: the bench rows, the ablations from the shared
     stage 1, GLPC's shares (nbval runs it too; which method wins is a bench result, not a test)."""
-    record = nbs.run_notebook(nbs.discover(only=["01"])[0], tmp_path,
-                              {"profile": "tiny", "device": "cpu", "out_dir": str(tmp_path / "runs"),
-                               "bench_dir": str(tmp_path / "bench")}, html=False, cell_timeout=CELL_TIMEOUT)
+    record = notebook_record("01", tmp_path)
     m = record["metrics"]
     assert m["profile"] == "tiny" and m["seeds"] == [0] and m["stage1_steps"] > 0
     expected = {"source-only", "DANN", "CDAN-E", "AGLRLS", "oracle", "AGLRLS, argmax of the fused stream",
@@ -110,7 +106,98 @@ def test_notebook_01_metrics_tiny(tmp_path):
     assert set(m["glpc_share"]) == {"fused", "global", "sum"}
     assert sum(m["glpc_share"].values()) == pytest.approx(1.0)
     assert m["headline"]["AGLRLS acc"] == round(100 * m["target_acc"]["AGLRLS"], 1)
-    assert (tmp_path / "runs" / "bench" / "bench.md").is_file() and (tmp_path / "bench" / "jobs").is_dir()
+    assert (record["dirs"]["out_dir"] / "bench" / "bench.md").is_file() and (record["dirs"]["bench_dir"] / "jobs").is_dir()
+
+
+@pytest.mark.slow
+def test_notebook_02_metrics_tiny(tmp_path):
+    """Notebook 02 (LA-CMFER) end to end at the tiny profile, with its metrics checked (nbval runs it too)."""
+    record = notebook_record("02", tmp_path)
+    m = record["metrics"]
+    assert m["profile"] == "tiny" and m["sources"] == ["synth:lab", "synth:lowres", "synth:profile"]
+    expected = {"LA-CMFER", "LA-CMFER branches, source only", "source-only", "DANN", "CDAN-E",
+                "LA-CMFER w/o sample weights", "LA-CMFER w/o cluster term", "LA-CMFER w/o intra-domain term",
+                "LA-CMFER w/o pseudo labels"}
+    assert set(m["target_acc"]) == expected
+    assert all(0.0 <= a <= 1.0 for a in m["target_acc"].values())
+    assert set(m["inference_acc"]) == {"global", "local", "average"}
+    assert m["inference_acc"]["average"] == pytest.approx(m["target_acc"]["LA-CMFER"])
+    assert set(m["pseudo_labels"]) == {"agreement (paper)", "global alone", "local alone", "average alone"}
+    assert all(0.0 <= r["coverage"] <= 1.0 for r in m["pseudo_labels"].values())
+    assert set(m["similarity_off_diagonal"]) == {"before", "after"}
+    assert sum(m["source_weight_share"].values()) == pytest.approx(1.0, abs=1e-4) or \
+        sum(m["source_weight_share"].values()) == 0
+    assert m["headline"]["LA-CMFER acc"] == round(100 * m["target_acc"]["LA-CMFER"], 1)
+    assert m["bench"] is None                                  # run_bench is off by default
+
+
+@pytest.mark.slow
+def test_notebook_03_metrics_tiny(tmp_path):
+    """Notebook 03 (DMSRL) end to end at the tiny profile: the figures it reports (nbval runs its cells too)."""
+    record = notebook_record("03", tmp_path)
+    m = record["metrics"]
+    assert m["profile"] == "tiny" and m["bench_seeds"] == [0]
+    # the tiny profile benches three rows (the full list is for smoke / full)
+    assert set(m["target_acc"]) == {"source-only", "DMSRL", "released code (MI = discriminator)"}
+    assert set(m["target_acc_by_selection"]) == {"last", "source_val", "target_test"}
+    assert all(0.0 <= a <= 1.0 for sel in m["target_acc_by_selection"].values() for a in sel.values())
+    assert all(v is not None and v >= 0 for v in m["margins_last"].values())
+    assert m["mi_last"] is not None and 0.0 <= m["nearest_target_centre_acc"] <= 1.0
+    assert m["headline"]["DMSRL acc"] == round(100 * m["target_acc"]["DMSRL"], 1)
+
+
+@pytest.mark.slow
+def test_notebook_04_metrics_tiny(tmp_path):
+    """Notebook 04 (pose-aware adversarial DA, personalised) end to end at the tiny profile: the layout of its metrics.
+nbval runs it too; whether pose-aware ADA beats the baselines is a benchmark result (the README's table), not a test."""
+    record = notebook_record("04", tmp_path)
+    m = record["metrics"]
+    rows = {"source-only", "DANN", "CDAN-E", "pose-aware ADA", "w/o cross-adversarial", "w/o reconstruction",
+            "not personalised (pooled)"}
+    assert m["profile"] == "tiny" and m["people"] == [0] and set(m["per_person"]) == rows
+    for name, row in m["per_person"].items():
+        assert list(row) == ["person 0", "mean"] and row["mean"] == row["person 0"], name
+        assert all(0.0 <= v <= 1.0 for v in row.values())
+    assert set(m["by_yaw"]) == rows and list(m["yaw_faces"]) == ["|yaw| < 15", "15-30", "30-45", "45-60", ">= 60"]
+    assert sum(m["yaw_faces"].values()) == m["faces_per_person"]
+    after = m["leakage"]["after: pose-aware ADA"]
+    assert {"pose from expression code", "expression from pose code", "pose chance"} <= set(after)
+    assert "expression from pose code" not in m["leakage"]["source-only (features)"]
+    assert all(0.0 <= v <= 1.0 for v in m["swap_l1"].values()) and m["step_ratio_vs_dann"] > 0
+    assert m["headline"] == {f"{k} mean acc": round(100 * v["mean"], 1) for k, v in m["per_person"].items()}
+
+
+@pytest.mark.slow
+def test_notebook_06_metrics_tiny(tmp_path):
+    """Notebook 06 (sweeps) at the tiny profile: it runs its own small sweep, or reads a given sweep folder."""
+    record = notebook_record("06", tmp_path)
+    m = record["metrics"]
+    assert m["profile"] == "tiny" and (m["runs"], m["done"], m["failed"], m["pending"]) == (8, 8, 0, 0)
+    assert {(b["rule"], b["method"]) for b in m["best"]} >= {(r, x) for r in ("last", "target_test")
+                                                              for x in ("source_only", "dann")}
+    assert all(0.0 <= b["acc"] <= 1.0 and b["seeds"] == 2 for b in m["best"])
+    assert set(m["headline"]) == {"runs done", "runs failed", f"source_only acc ({m['rule']})",
+                                  f"dann acc ({m['rule']})"}
+    folder = nbs.NOTEBOOK_DIR / m["sweep_dir"]             # relative paths are the notebook's (nbval's cwd)
+    table = sw.report(folder, write=False)  # the folder it ran rebuilds the same figures
+    assert [b["acc"] for b in table["best"]] == [b["acc"] for b in m["best"]]
+
+
+@pytest.mark.slow
+def test_notebook_06_reads_a_given_sweep_folder_as_it_stands(tmp_path):
+    from test_sweep import _evals, _fake_run
+
+    folder = tmp_path / "given"
+    plan = sw.plan_training(["source_only", "dann"], seeds=[0, 1], draws=1, config={"profile": "tiny"})
+    sw.create_sweep(folder, plan)
+    _fake_run(folder, "source_only.synth-lab.synth-wild.d0.s0", _evals((5, 0.40, 0.70), (10, 0.50, 0.80)))
+    _fake_run(folder, "dann.synth-lab.synth-wild.d0.s0", None, error="RuntimeError: out of memory")
+    record = nbs.run_notebook(nbs.discover(only=["06"])[0], tmp_path / "nb",
+                              {"profile": "tiny", "sweep_dir": str(folder)}, html=False, cell_timeout=CELL_TIMEOUT)
+    m = record["metrics"]
+    assert (m["runs"], m["done"], m["failed"], m["pending"]) == (4, 1, 1, 2)
+    assert m["headline"]["source_only acc (source_val)"] == 50.0
+    assert json.loads((folder / "results.json").read_text())["failed_runs"][0]["error"] == "RuntimeError: out of memory"
 
 
 @pytest.mark.gpu

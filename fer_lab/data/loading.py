@@ -78,7 +78,7 @@ class FaceTensors:
             "index": index, "pose": self.pose[index], "subject": self.subject[index],
         }
         if augment is not None:
-            out["images"], out["landmarks"] = augment(raw, lms, generator)
+            out["images"], out["landmarks"], out["pose"] = augment(raw, lms, generator, pose=out["pose"])
         else:
             out["images"], out["landmarks"] = raw, lms.clone()
         if strong is not None:
@@ -124,8 +124,11 @@ class Augment:
         return cls(flip=0.5, rotate=25.0, scale=0.15, translate=0.12, brightness=0.4, contrast=0.4,
                    saturation=0.4, grey=0.2, cutout=0.5)
 
-    def __call__(self, images: torch.Tensor, landmarks: torch.Tensor,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, landmarks: torch.Tensor, generator: torch.Generator | None = None,
+                 pose: torch.Tensor | None = None):
+        """``(images, landmarks)`` warped and jittered; with ``pose`` ``[B, 3]`` (yaw, pitch, roll in degrees)
+        also the pose of the warped face, ``(images, landmarks, pose)``: a flip negates yaw and roll. The in-plane
+        rotation is left out of the pose (it is at most ``rotate`` degrees of roll; NaN stays NaN)."""
         b, _, h, w = images.shape
         if h != w:
             raise ValueError(f"Augment expects square images, got {h}x{w}")
@@ -173,7 +176,10 @@ class Augment:
             box = inside_y[:, :, None] & inside_x[:, None, :]
             use = (torch.rand(b, generator=g) < self.cutout)[:, None, None]
             out = out.masked_fill((box & use)[:, None], 0.5)
-        return out.clamp_(0.0, 1.0), lms
+        if pose is None:
+            return out.clamp_(0.0, 1.0), lms
+        mirror = torch.tensor([-1.0, 1.0, -1.0], dtype=pose.dtype)          # yaw, pitch, roll
+        return out.clamp_(0.0, 1.0), lms, torch.where(flip[:, None], pose * mirror, pose)
 
 
 class BatchStream:

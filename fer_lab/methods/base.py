@@ -60,6 +60,7 @@ class Hparams:
     feat_dim: int = 64               # per-stream feature size (CD-FER benchmark: 64; fused = 6 x 64 = 384)
     feature: str = "fused"           # which stream feeds the classifier and the alignment losses
     heavy_heads: bool = False        # the benchmark's IR-block CropNet per patch instead of the light head
+    global_grid: int = 1             # global stream pooled to g x g cells (1: the benchmark's global average pool)
 
     SEARCH: ClassVar[dict[str, Callable[[np.random.Generator], Any]]] = {
         "lr": _log_uniform(-2.5, -0.7),
@@ -117,7 +118,7 @@ class Method(nn.Module):
         self.hp = hparams
         self.num_classes = num_classes
         self.extractor = build_extractor(backbone, feat_dim=hparams.feat_dim, weights=weights,
-                                         heavy_heads=hparams.heavy_heads)
+                                         heavy_heads=hparams.heavy_heads, global_grid=hparams.global_grid)
         if hparams.feature not in self.extractor.streams:
             raise ValueError(f"feature {hparams.feature!r} is not a stream; streams: {', '.join(self.extractor.streams)}")
         self.feature_dim = self.extractor.stream_dim(hparams.feature)

@@ -25,6 +25,7 @@ class DANNHparams(Hparams):
     adv_weight: float = 1.0        # trade-off on the domain loss (the GRL coefficient does the warm-up)
     grl_alpha: float = 10.0        # lambda_p schedule steepness (JMLR Eq. 14)
     disc_hidden: int = 1024        # TLlib / CDAN discriminator width
+    disc_layers: int = 2           # hidden layers (DANN paper's digit domain classifier: 1 of 100 units, no dropout)
     disc_lr_mult: float = 1.0
     disc_dropout: float = 0.5      # CDAN AdversarialNetwork: dropout 0.5, no BatchNorm
     disc_batch_norm: bool = False  # TLlib DomainDiscriminator: BatchNorm after each hidden layer (then dropout 0)
@@ -38,7 +39,8 @@ class DANN(Method):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.discriminator = DomainDiscriminator(self.disc_input_dim(), hidden=self.hp.disc_hidden,
-                                                 dropout=self.hp.disc_dropout, batch_norm=self.hp.disc_batch_norm)
+                                                 dropout=self.hp.disc_dropout, batch_norm=self.hp.disc_batch_norm,
+                                                 layers=self.hp.disc_layers)
         self.grl = WarmStartGradientReverse(alpha=self.hp.grl_alpha)
 
     def disc_input_dim(self) -> int:

@@ -130,7 +130,8 @@ class WarmStartGradientReverse(nn.Module):
 class DomainDiscriminator(nn.Sequential):
     """Domain discriminator MLP returning logits ``[B, 1]`` (source = 1, target = 0).
 
-    Two hidden blocks ``Linear - [BatchNorm1d] - ReLU/LeakyReLU - Dropout`` and a final ``Linear(hidden, 1)``
+    ``layers`` (default two) hidden blocks ``Linear - [BatchNorm1d] - ReLU/LeakyReLU - Dropout`` and a final
+    ``Linear(hidden, 1)``
     without sigmoid (use :func:`domain_adversarial_loss`, i.e. BCE with logits).
 
     Default: no BatchNorm, dropout 0.5 -- the CDAN ``AdversarialNetwork`` that the CD-FER benchmark and AGLRLS
@@ -145,15 +146,20 @@ class DomainDiscriminator(nn.Sequential):
         dropout: dropout probability after each hidden block.
         batch_norm: insert BatchNorm1d after each hidden Linear.
         leaky_slope: 0 for ReLU, otherwise the LeakyReLU negative slope.
+        layers: number of hidden blocks (2: CDAN / TLlib; 1 with ``hidden=100``, no dropout: the DANN paper's
+            domain classifier for digits).
 
     Shapes: ``[B, in_dim] -> [B, 1]``.
     """
 
     def __init__(self, in_dim: int, hidden: int = 1024, dropout: float = 0.5, batch_norm: bool = False,
-                 leaky_slope: float = 0.0) -> None:
+                 leaky_slope: float = 0.0, layers: int = 2) -> None:
+        if layers < 1:
+            raise ValueError(f"a domain discriminator needs at least one hidden layer, got {layers}")
+        n_hidden = layers
         layers: list[nn.Module] = []
         d = in_dim
-        for _ in range(2):
+        for _ in range(n_hidden):
             layers.append(nn.Linear(d, hidden, bias=not batch_norm))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(hidden))

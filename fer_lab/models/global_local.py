@@ -163,12 +163,20 @@ def crop_patches_loop(feature_map: Tensor, landmarks: Tensor, stride: float, pat
 # heads
 # ---------------------------------------------------------------------------------------------------------------------
 class GlobalHead(nn.Sequential):
-    """Global feature (benchmark ``output_layer``): conv3x3(in -> feat_dim) - ReLU - GAP - flatten.
-    ``[B, in, h, w] -> [B, feat_dim]``."""
+    """Global feature (benchmark ``output_layer``): conv3x3(in -> feat_dim) - ReLU - pool - flatten.
 
-    def __init__(self, in_channels: int, feat_dim: int = 64) -> None:
+    ``grid = 1`` is the benchmark's global average pooling (``[B, in, h, w] -> [B, feat_dim]``). ``grid = g > 1``
+    average-pools to a ``g x g`` grid and flattens it (``[B, in, h, w] -> [B, feat_dim * g * g]``), keeping where on
+    the map a feature fired; with ``g`` equal to the map size it is the plain flattened map of the DANN paper's
+    digit network. Global pooling discards that layout, and on the digits known-answer shift a domain discriminator
+    on pooled features barely adapts (``benchmarks/bench_digits.py``)."""
+
+    def __init__(self, in_channels: int, feat_dim: int = 64, grid: int = 1) -> None:
+        if grid < 1:
+            raise ValueError(f"global grid must be >= 1, got {grid}")
         super().__init__(nn.Conv2d(in_channels, feat_dim, 3, 1, 1), nn.ReLU(inplace=True),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+                         nn.AdaptiveAvgPool2d(grid), nn.Flatten(1))
+        self.out_dim = feat_dim * grid * grid
 
 
 class LocalHead(nn.Sequential):
@@ -213,14 +221,16 @@ class GlobalLocalExtractor(nn.Module):
         heavy_heads: use the benchmark's IR-unit CropNet instead of the light head.
         clamp_landmarks: clamp windows inside the map (benchmark behaviour); otherwise zero padding.
         head_width: width of the light head (default: ``mid_channels`` clipped to [32, 256]).
+        global_grid: pool the global map to a ``g x g`` grid instead of one cell (:class:`GlobalHead`); the global
+            stream then has ``feat_dim * g * g`` dimensions. Default 1, the benchmark's global average pooling.
 
     Shapes:
         ``forward(images [B,3,H,W] in [0,1], landmarks [B,5,2] pixel (x, y))`` ->
-        ``{"global": [B, d], "left_eye": [B, d], ..., "mouth_right": [B, d], "fused": [B, 6d]}``.
+        ``{"global": [B, d g^2], "left_eye": [B, d], ..., "mouth_right": [B, d], "fused": [B, d g^2 + 5d]}``.
     """
 
     def __init__(self, backbone: Backbone, feat_dim: int = 64, patch_cells: int = 7, heavy_heads: bool = False,
-                 clamp_landmarks: bool = True, head_width: int | None = None) -> None:
+                 clamp_landmarks: bool = True, head_width: int | None = None, global_grid: int = 1) -> None:
         super().__init__()
         self.backbone = backbone
         self.feat_dim = int(feat_dim)
@@ -230,16 +240,20 @@ class GlobalLocalExtractor(nn.Module):
         self.streams: tuple[str, ...] = STREAMS
         cin = backbone.mid_channels
         width = head_width if head_width is not None else min(max(cin, 32), 256)
-        self.global_head = GlobalHead(backbone.out_channels, feat_dim)
+        self.global_grid = int(global_grid)
+        self.global_head = GlobalHead(backbone.out_channels, feat_dim, self.global_grid)
         self.local_heads = nn.ModuleList(
             CropNet(cin, feat_dim) if heavy_heads else LocalHead(cin, feat_dim, width) for _ in range(NUM_LANDMARKS)
         )
 
     def stream_dim(self, name: str) -> int:
-        """Feature dimension of a stream: ``feat_dim``, or ``6 * feat_dim`` for ``"fused"``."""
+        """Feature dimension of a stream: ``feat_dim`` for a patch, ``feat_dim * g^2`` for ``"global"`` (``g`` the
+        global grid, 1 by default) and their sum over the six streams for ``"fused"``."""
         if name not in self.streams:
             raise KeyError(f"unknown stream {name!r}; streams: {', '.join(self.streams)}")
-        return self.feat_dim * (1 + NUM_LANDMARKS) if name == "fused" else self.feat_dim
+        if name == "fused":
+            return self.global_head.out_dim + self.feat_dim * NUM_LANDMARKS
+        return self.global_head.out_dim if name == "global" else self.feat_dim
 
     def patches(self, mid: Tensor, landmarks: Tensor) -> Tensor:
         """The landmark windows of a ``mid`` map: ``[B, 5, C, P, P]``."""

@@ -55,6 +55,23 @@ def test_flip_swaps_left_right_rows():
     torch.testing.assert_close(b["images"], data.batch(torch.arange(4))["images"].flip(-1))
 
 
+def test_flip_mirrors_the_pose():
+    """A flipped face looks the other way: yaw and roll change sign, pitch does not; unflipped rows keep theirs."""
+    arrays = _dots(n=6)
+    arrays.pose = np.array([[30, 10, 5], [-45, 0, -8], [10, -20, 0], [np.nan] * 3, [60, 5, 2], [0, 0, 0]], np.float32)
+    data = FaceTensors(arrays, 48)
+    flipped = data.batch(torch.arange(6), Augment(flip=1.0, rotate=0), torch.Generator().manual_seed(0))
+    mirrored = data.pose * torch.tensor([-1.0, 1.0, -1.0])
+    torch.testing.assert_close(flipped["pose"], mirrored, equal_nan=True)
+    kept = data.batch(torch.arange(6), Augment(flip=0.0), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(kept["pose"], data.pose, equal_nan=True)
+    half = data.batch(torch.arange(6), Augment(flip=0.5, rotate=0, scale=0, translate=0, brightness=0, contrast=0),
+                      torch.Generator().manual_seed(1))
+    was_flipped = ~torch.isclose(half["landmarks"], data.landmarks).all(-1).all(-1)   # a flip moves every dot
+    assert 0 < int(was_flipped.sum()) < 6
+    torch.testing.assert_close(half["pose"], torch.where(was_flipped[:, None], mirrored, data.pose), equal_nan=True)
+
+
 def test_resize_scales_landmarks():
     data = FaceTensors(_dots(n=2, size=48), 32)
     assert data.images.shape == (2, 3, 32, 32)

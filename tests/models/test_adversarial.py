@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from fer_lab.models import (
     DomainDiscriminator,
@@ -110,6 +111,17 @@ def test_loss_weights_normalisation():
     lt = torch.nn.functional.softplus(logits[6:])  # BCE for label 0
     official = 0.5 * ((ws * ls).sum() / ws.sum() + (wt * lt).sum() / wt.sum())  # CDAN loss.py, B_s == B_t
     assert torch.allclose(loss, official, atol=1e-6)
+
+
+def test_discriminator_depth():
+    """layers=1, 100 units, no dropout: the DANN paper's digit domain classifier, Linear-ReLU-Linear."""
+    paper = DomainDiscriminator(48, hidden=100, dropout=0.0, layers=1)
+    assert [type(m).__name__ for m in paper] == ["Linear", "ReLU", "Linear"]
+    assert sum(p.numel() for p in paper.parameters()) == 48 * 100 + 100 + 100 + 1
+    assert paper(torch.randn(5, 48)).shape == (5, 1)
+    assert sum(isinstance(m, nn.Linear) for m in DomainDiscriminator(48, hidden=16, layers=3)) == 4
+    with pytest.raises(ValueError, match="at least one hidden layer"):
+        DomainDiscriminator(48, layers=0)
 
 
 def test_discriminator_learns_separable_domains():

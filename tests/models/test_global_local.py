@@ -104,6 +104,25 @@ def test_extractor_streams(extractor):
         extractor.stream_dim("chin")
 
 
+def test_global_grid_keeps_the_layout_of_the_last_map():
+    """grid g: the global stream is the g x g average-pooled map, flattened (feat_dim * g^2); grid 1 is GAP."""
+    torch.manual_seed(0)
+    ext = build_extractor("smallcnn", feat_dim=16, global_grid=2)
+    assert ext.stream_dim("global") == 64 and ext.stream_dim("fused") == 64 + 5 * 16
+    x, lm = torch.rand(3, 3, 64, 64), torch.rand(3, 5, 2) * 64
+    out = ext(x, lm)
+    assert out["global"].shape == (3, 64) and out["fused"].shape == (3, 144)
+    _, last = ext.backbone(x)
+    conv_relu = ext.global_head[1](ext.global_head[0](last))             # [3, 16, 4, 4]
+    cells = conv_relu.reshape(3, 16, 2, 2, 2, 2).mean((3, 5))            # the four 2 x 2 quadrants' means
+    assert torch.allclose(out["global"], cells.flatten(1), atol=1e-6)
+    gap = build_extractor("smallcnn", feat_dim=16)
+    gap.load_state_dict(ext.state_dict())                                # same parameters, only the pooling differs
+    assert torch.allclose(gap(x, lm)["global"], cells.mean((2, 3)), atol=1e-6)
+    with pytest.raises(ValueError, match="grid"):
+        build_extractor("smallcnn", global_grid=0)
+
+
 def test_gradient_reaches_backbone_from_every_local_stream(extractor):
     x = torch.rand(2, 3, 64, 64)
     lm = torch.rand(2, 5, 2) * 64
