@@ -150,6 +150,9 @@ class BenchConfig:
     n_test: int | None = None
     batch_size: int | None = None
     hparams: dict[str, dict[str, Any]] = field(default_factory=dict)   # per method name (or row label)
+    #: hyper-parameters that shape the network (e.g. ``{"global_grid": 2}``), given to stage 1 and every row alike,
+    #: so that each stage 2 starts from a stage 1 of its own architecture (part of the stage-1 cache key)
+    arch: dict[str, Any] = field(default_factory=dict)
     workers: int = 1
     threads: int = 1
     launcher: str = "local"
@@ -244,6 +247,8 @@ def stage1_config(cfg: BenchConfig, sources: Sequence[str], seed: int, weights: 
 
     tc = dict(_base_config(cfg, sources, seed), method="source_only", target=None, steps=cfg.stage1_steps,
               backbone_weights=weights, source_val=True)
+    if cfg.arch:                 # only when set: the cache keys of default stage-1 runs stay as they were
+        tc["hparams"] = dict(cfg.arch)
     key = {k: v for k, v in tc.items() if k not in ("progress", "device", "backbone_weights")}
     key["start"] = start_id
     folder = cache_root().parent / "stage1" / f"{_slug('+'.join(domain_name(s) for s in sources))}-s{seed}-{_digest(key)}"
@@ -518,7 +523,7 @@ class BenchReport:
 # planning and running
 # ---------------------------------------------------------------------------------------------------------------------
 def _cell_fields(cfg: BenchConfig, row: Row, sources: Sequence[str], target: str, seed: int) -> dict[str, Any]:
-    hp = {**STAGE2_HPARAMS, **METHOD_STAGE2_HPARAMS.get(row.method, {}),
+    hp = {**STAGE2_HPARAMS, **METHOD_STAGE2_HPARAMS.get(row.method, {}), **cfg.arch,
           **cfg.hparams.get(row.method, {}), **cfg.hparams.get(row.label, {}), **row.hparams}
     return dict(_base_config(cfg, sources if not row.oracle else (target,), seed), method=row.method,
                 target=target, steps=cfg.steps, hparams=hp, source_val=True)

@@ -170,8 +170,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         methods=args.methods, seeds=tuple(int(s) for s in args.seeds.split(",") if s.strip()), profile=args.profile,
         backbone=args.backbone, start=args.start, stage1_steps=args.stage1_steps, steps=args.steps,
         eval_every=args.eval_every, image_size=args.image_size, n_train=args.n_train, n_test=args.n_test,
-        hparams=hparams, workers=args.workers, threads=args.threads, device=args.device, oracle=not args.no_oracle,
-        out_dir=args.out, progress=not args.no_progress)
+        hparams=hparams, arch=dict(args.arch), workers=args.workers, threads=args.threads, device=args.device,
+        oracle=not args.no_oracle, out_dir=args.out, progress=not args.no_progress)
     if args.leave_one_out:
         fields["tasks"] = leave_one_out(split_specs(args.leave_one_out))
     else:
@@ -280,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("stage1-steps", "steps", "eval-every", "image-size", "n-train", "n-test"):
         b.add_argument(f"--{name}", type=int, default=None)
     b.add_argument("--hp", type=_hparam, action="append", default=[], metavar="METHOD.KEY=VALUE")
+    b.add_argument("--arch", type=_hparam, action="append", default=[], metavar="KEY=VALUE",
+                   help="network hyper-parameter for stage 1 and every row alike, e.g. global_grid=2")
     b.add_argument("--workers", type=int, default=1, help="cells run at once, each in its own process")
     b.add_argument("--threads", type=int, default=1, help="threads per cell (fixed, so figures do not move)")
     b.add_argument("--device", default="cpu")

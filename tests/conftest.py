@@ -11,6 +11,21 @@ def _synth_cache(tmp_path_factory):
     yield
 
 
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection or use a download helper fails the test."""
+    import socket
+
+    import torch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+
+
 def synth_pair(n: int, seed: int, size: int = 32, split: str = "test"):
     """A small SynthFER lab (domain 0) / wild (domain 1) pair as FaceTensors, for tests."""
     from fer_lab.data.loading import FaceTensors
@@ -46,13 +61,14 @@ def cut_and_resume(make_cfg, tmp_path, stop_at: int):
 
 
 def notebook_record(key: str, tmp_path, **params) -> dict:
-    """One tiny-profile run of notebook ``key`` (e.g. ``"01"``): ``{"metrics", "dirs"}``, where ``dirs`` maps each
-    folder parameter (``out_dir``, ``bench_dir``, ``sweep_dir``) to the folder that run used.
+    """One tiny-profile run of notebook ``key`` (e.g. ``"01"``): ``{"metrics", "dirs", ...}``, where ``dirs`` maps
+    each folder parameter the notebook sets by default (``out_dir``, ``bench_dir``) to the folder that run used.
 
     Every notebook runs once per suite. ``scripts/test.sh`` runs nbval over ``notebooks/`` first (the notebooks'
     defaults, ``FER_LAB_PROFILE=tiny``), after exporting ``FER_LAB_SUITE_START``; each notebook writes its metrics to
     its default ``results_path`` beside it, and a metrics file written since the suite started is that run's. Without
-    one (pytest called directly, or the nbval run failed) the notebook runs here with papermill, in ``tmp_path``.
+    one (pytest called directly, or the nbval run failed) the notebook runs here with papermill, its folders in
+    ``tmp_path``.
     Extra ``params`` force a papermill run with them.
     """
     import ast
@@ -65,18 +81,18 @@ def notebook_record(key: str, tmp_path, **params) -> dict:
 
     path = nbs.discover(only=[key])[0]
     defaults = {k: ast.literal_eval(v["default"]) for k, v in papermill.inspect_notebook(str(path)).items()}
-    folders = [k for k in ("out_dir", "bench_dir", "sweep_dir") if k in defaults]
+    folders = [k for k in ("out_dir", "bench_dir") if defaults.get(k)]     # the folders the notebook writes by default
     start = os.environ.get("FER_LAB_SUITE_START")
     results = path.parent / defaults["results_path"]
     if not params and start and results.is_file() and results.stat().st_mtime >= float(start):
         metrics = json.loads(results.read_text())
         if metrics.get("profile") == "tiny":
-            return {"metrics": metrics, "dirs": {k: path.parent / defaults[k] for k in folders if defaults[k]},
+            return {"metrics": metrics, "dirs": {k: path.parent / defaults[k] for k in folders},
                     "seconds": None, "reused": True}
-    run = {"profile": "tiny", "device": "cpu", **{k: str(tmp_path / k.removesuffix("_dir")) for k in folders
-                                                   if k != "sweep_dir"}, **params}
+    run = {"profile": "tiny", "device": "cpu", **{k: str(tmp_path / k.removesuffix("_dir")) for k in folders},
+           **params}
     t0 = time.perf_counter()
     record = nbs.run_notebook(path, tmp_path / "nb", run, html=False, cell_timeout=300)
-    dirs = {k: tmp_path / k.removesuffix("_dir") for k in folders if k != "sweep_dir"}
+    dirs = {k: tmp_path / k.removesuffix("_dir") for k in folders}
     dirs.update({k: type(tmp_path)(v) for k, v in params.items() if k in folders and v})
     return {"metrics": record["metrics"], "dirs": dirs, "seconds": time.perf_counter() - t0, "reused": False}

@@ -92,6 +92,23 @@ def test_report_tables_pair_seeds_and_average_targets():
 
 
 @pytest.mark.slow
+def test_arch_reaches_stage1_and_every_row_and_keys_its_own_stage1(tmp_path, monkeypatch):
+    """``arch`` shapes the network stage 2 starts from: stage 1 trains with it (so its cache entry is another one)
+    and every row, the oracle too, gets it; without it the plan is the default one."""
+    monkeypatch.setenv("FER_LAB_CACHE", str(tmp_path / "cache"))
+    base = dict(methods=("source_only", "dann"), targets=("synth:lab",), seeds=(0,), profile="tiny", start="scratch",
+                out_dir=str(tmp_path / "b"))
+    jobs0, cells0 = bench.plan(BenchConfig(**base))
+    jobs2, cells2 = bench.plan(BenchConfig(**base, arch={"global_grid": 2}))
+    s1_0, s1_2 = jobs0[0].kwargs, jobs2[0].kwargs
+    assert "hparams" not in s1_0["config"] and s1_2["config"]["hparams"] == {"global_grid": 2}
+    assert s1_0["out_dir"] != s1_2["out_dir"]
+    assert {c["row"] for c in cells2} == {"source_only", "dann", "oracle"}
+    assert all(c["hparams"]["global_grid"] == 2 and c["stage1"] == s1_2["out_dir"] for c in cells2)
+    assert all("global_grid" not in c["hparams"] for c in cells0)
+    assert {c["key"] for c in cells0}.isdisjoint(c["key"] for c in cells2)
+
+
 def test_a_tiny_bench_caches_stage1_gives_the_same_cells_with_1_and_2_workers_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("FER_LAB_CACHE", str(tmp_path / "cache"))
     base = dict(targets=("synth:lab",), methods=("source_only", "dann"), seeds=(0,), profile="tiny",

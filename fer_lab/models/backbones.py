@@ -157,7 +157,7 @@ def build_backbone(name: str, weights: str | os.PathLike | None = None, **kwargs
     >>> net = build_backbone("smallcnn")
     >>> mid, last = net(torch.rand(2, 3, 64, 64))
     >>> tuple(mid.shape), tuple(last.shape)
-    ((2, 64, 16, 16), (2, 256, 4, 4))
+    ((2, 32, 16, 16), (2, 128, 4, 4))
     """
     model = BACKBONES.get(name)(**kwargs)
     if weights is not None:
@@ -206,6 +206,30 @@ class SmallCNN(Backbone):
     def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mid = self.stage2(self.stage1(x))
         return mid, self.stage4(self.stage3(mid))
+
+
+@BACKBONES.register("dann_digits")
+class DANNDigitsNet(Backbone):
+    """The DANN paper's feature extractor for MNIST -> MNIST-M (Ganin et al., JMLR 2016, Fig. 4): conv5x5-32 - ReLU -
+    maxpool 2, conv5x5-48 - ReLU - maxpool 2; no BatchNorm. For the known-answer check of the adaptation code
+    (``benchmarks/bench_digits.py``), not for faces.
+
+    The convolutions are padded (the paper's are not) so that the maps have the contract's exact sizes: ``mid`` =
+    the first block (32 channels, stride 2), ``last`` = the second (48 channels, stride 4); at 32 x 32 input, 16 x 16
+    and 8 x 8 (the paper: 5 x 5 from 28 x 28)."""
+
+    mid_stride = 2
+    out_stride = 4
+
+    def __init__(self, **norm) -> None:
+        super().__init__(**norm)
+        self.block1 = nn.Sequential(nn.Conv2d(3, 32, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+        self.block2 = nn.Sequential(nn.Conv2d(32, 48, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+        self.mid_channels, self.out_channels = 32, 48
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mid = self.block1(x)
+        return mid, self.block2(mid)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 
 import pytest
 import torch
@@ -11,21 +10,20 @@ import torch
 from fer_lab.models import BACKBONES, Backbone, build_backbone
 from fer_lab.models.backbones import IRNet
 
+pytestmark = pytest.mark.usefixtures("no_network")   # every test here runs offline (tests/conftest.py)
+
 EXPECTED = {"smallcnn", "resnet18", "resnet50", "ir18", "ir50", "efficientnet_lite0"}
 #: keyword arguments for a random start, where the default loads real weights from an installed package
 RANDOM_INIT = {"efficientnet_lite0": {"pretrained": False}}
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Any attempt to open a connection or use a download helper fails the test."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+def test_dann_digits_net_is_the_papers_two_conv_blocks():
+    net = build_backbone("dann_digits")
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(3, 32, (5, 5)), (32, 48, (5, 5))]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    mid, last = net(torch.rand(2, 3, 32, 32))
+    assert mid.shape == (2, 32, 16, 16) and last.shape == (2, 48, 8, 8)
 
 
 def test_registry_has_all_backbones():

@@ -3,8 +3,6 @@ stay frozen, shapes, the missing-package error, and (dlib) the port against dlib
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,15 +13,7 @@ from fer_lab.models.pretrained import (EFFICIENTNET_LITE, EfficientNetLite, Miss
                                        efficientnet_lite_classifier, efficientnet_lite_state_dict,
                                        map_efficientnet_lite_keys, package_file)
 
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+pytestmark = pytest.mark.usefixtures("no_network")   # every test here runs offline (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
