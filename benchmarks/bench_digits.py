@@ -14,8 +14,9 @@ Three kinds of fer-lab rows, all through the same trainer: ``, paper net`` puts 
 (``dann_digits``: two conv blocks, no BatchNorm) under fer-lab's global stream (4 x 4 grid), so it checks the
 adaptation code itself against the reference; the plain rows use smallcnn, fer-lab's CPU face backbone, with the
 global stream on a 2 x 2 grid (its whole last map at 32 px); ``, pooled`` rows pool smallcnn's map to one cell as
-the CD-FER benchmark's global head does (``global_grid=1``, fer-lab's default). The adversarial rows use the paper's
-digit domain classifier (one hidden layer of 100 units, no dropout).
+the CD-FER benchmark's global head does (``global_grid=1``, fer-lab's default); ``, no BatchNorm`` rows drop
+smallcnn's BatchNorm (``smallcnn?batch_norm=false``). The adversarial rows use the paper's digit domain classifier
+(one hidden layer of 100 units, no dropout).
 
     python benchmarks/bench_digits.py [--seeds 0,1,2] [--steps 1500] [--workers 2] [--out reports/bench_digits]
 """
@@ -121,7 +122,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--methods", default=",".join(FER_LAB_METHODS))
     p.add_argument("--out", default="reports/bench_digits")
-    p.add_argument("--no-pooled", action="store_true", help="skip the global-average-pooled contrast rows")
+    p.add_argument("--no-pooled", action="store_true",
+                   help="skip the smallcnn contrast rows (global average pooling, no BatchNorm)")
     a = p.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from fer_lab.bench import paired_difference, t_interval
@@ -137,6 +139,10 @@ def main() -> None:
                      for m in POOLED})
     rows.update({f"fer-lab {m}, paper net": ("bench_digits:fer_lab_run", {"method": m, **PAPER_NET})
                  for m in a.methods.split(",")})
+    if not a.no_pooled:
+        rows.update({f"fer-lab {m}, no BatchNorm": ("bench_digits:fer_lab_run",
+                                                     {"method": m, "backbone": "smallcnn?batch_norm=false"})
+                     for m in POOLED})
     jobs = [Job(f"{label.replace(' ', '_')}__s{s}", fn, {**kw, "seed": s, "steps": a.steps,
                                                          "out_dir": str(out / "runs" / f"{label.replace(' ', '_')}__s{s}")})
             for label, (fn, kw) in rows.items() for s in seeds]
@@ -145,7 +151,7 @@ def main() -> None:
     def baseline(label: str) -> str:
         if label.startswith("reference"):
             return "reference source-only"
-        for suffix in (", pooled", ", paper net"):
+        for suffix in (", pooled", ", paper net", ", no BatchNorm"):
             if label.endswith(suffix):
                 return "fer-lab source_only" + suffix
         return "fer-lab source_only"
@@ -155,7 +161,8 @@ def main() -> None:
     lines = [f"digits -> MNIST-M-style digits, {a.steps} steps, seeds {a.seeds}, 1 thread per run; target test "
              "accuracy % (DANN paper on MNIST -> MNIST-M: source only 52.25, DANN 76.66). fer-lab rows: smallcnn, "
              f"global stream on a {GRID} x {GRID} grid; ', pooled': the benchmark's global average pooling; "
-             "', paper net': the DANN paper's digit network as the backbone, 4 x 4 grid; adversarial rows use the "
+             "', paper net': the DANN paper's digit network as the backbone, 4 x 4 grid; ', no BatchNorm': smallcnn "
+             "without BatchNorm, 2 x 2 grid; adversarial rows use the "
              "paper's digit domain classifier (one hidden layer of 100)", "",
              "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean [95 % CI] | gain vs its source-only "
              "[95 % CI] (wins) |", "|---|" + "---|" * (len(seeds) + 2)]

@@ -33,6 +33,7 @@ from fer_lab.evaluate import evaluate
 from fer_lab.methods import METHODS
 from fer_lab.methods.base import Method, build_method
 from fer_lab.models import BACKBONES
+from fer_lab.models.backbones import parse_backbone_spec
 
 LR_SCHEDULES: dict[str, Callable[[float], float]] = {
     "constant": lambda p: 1.0,
@@ -119,7 +120,7 @@ class Trainer:
         for spec in (*cfg.source, *([cfg.target] if cfg.target else []), *cfg.eval):
             parse_spec(spec)
         METHODS.get(cfg.method)
-        BACKBONES.get(cfg.backbone)
+        BACKBONES.get(parse_backbone_spec(cfg.backbone)[0])
         if cfg.backbone_weights and not Path(cfg.backbone_weights).is_file():
             raise FileNotFoundError(f"backbone weights file not found: {cfg.backbone_weights}")
         self.sources = [load_split(cfg, s, "train", i) for i, s in enumerate(cfg.source)]

@@ -24,9 +24,10 @@ References:
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -151,15 +152,38 @@ class Backbone(nn.Module):
         return self
 
 
+def parse_backbone_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"name?key=value&..."`` -> ``(name, {key: value})``; values are read as JSON where they parse
+    (``false``, ``2``, ``[16, 32]``), else kept as strings. ``"smallcnn?batch_norm=false"``."""
+    name, _, query = spec.partition("?")
+    options: dict[str, Any] = {}
+    for part in filter(None, query.split("&")):
+        key, eq, value = part.partition("=")
+        if not eq or not key:
+            raise ValueError(f"backbone spec {spec!r}: option {part!r} is not key=value")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return name, options
+
+
 def build_backbone(name: str, weights: str | os.PathLike | None = None, **kwargs) -> Backbone:
-    """Build a registered backbone (random init), then load ``weights`` from a local file if given.
+    """Build a registered backbone (random init), then load ``weights`` from a local file if given. ``name`` may
+    carry constructor options, ``"smallcnn?batch_norm=false"`` (:func:`parse_backbone_spec`).
 
     >>> net = build_backbone("smallcnn")
     >>> mid, last = net(torch.rand(2, 3, 64, 64))
     >>> tuple(mid.shape), tuple(last.shape)
     ((2, 32, 16, 16), (2, 128, 4, 4))
     """
-    model = BACKBONES.get(name)(**kwargs)
+    spec = name
+    name, options = parse_backbone_spec(spec)
+    cls = BACKBONES.get(name)
+    try:
+        model = cls(**{**options, **kwargs})
+    except TypeError as err:
+        raise ValueError(f"backbone {spec!r}: {err}") from None
     if weights is not None:
         model.load_weights(weights)
     return model
@@ -168,7 +192,9 @@ def build_backbone(name: str, weights: str | os.PathLike | None = None, **kwargs
 # ---------------------------------------------------------------------------------------------------------------------
 # small CNN (CPU default)
 # ---------------------------------------------------------------------------------------------------------------------
-def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+def _conv_bn_relu(cin: int, cout: int, stride: int = 1, batch_norm: bool = True) -> nn.Sequential:
+    if not batch_norm:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.ReLU(inplace=True))
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
     )
@@ -184,20 +210,22 @@ class SmallCNN(Backbone):
 
     Args:
         widths: channels of the four stages.
+        batch_norm: BatchNorm after each convolution (default); ``False`` gives conv (with bias) - ReLU blocks, as
+            a diagnostic (``"smallcnn?batch_norm=false"``).
     """
 
     mid_stride = 4
     out_stride = 16
 
-    def __init__(self, widths: Sequence[int] = (16, 32, 64, 128), **norm) -> None:
+    def __init__(self, widths: Sequence[int] = (16, 32, 64, 128), batch_norm: bool = True, **norm) -> None:
         super().__init__(**norm)
         if len(widths) != 4:
             raise ValueError(f"SmallCNN needs 4 stage widths, got {widths!r}")
-        w = list(widths)
-        self.stage1 = nn.Sequential(_conv_bn_relu(3, w[0], 2), _conv_bn_relu(w[0], w[0]))
-        self.stage2 = nn.Sequential(_conv_bn_relu(w[0], w[1], 2), _conv_bn_relu(w[1], w[1]))
-        self.stage3 = nn.Sequential(_conv_bn_relu(w[1], w[2], 2), _conv_bn_relu(w[2], w[2]))
-        self.stage4 = nn.Sequential(_conv_bn_relu(w[2], w[3], 2), _conv_bn_relu(w[3], w[3]))
+        w, bn = list(widths), bool(batch_norm)
+        self.stage1 = nn.Sequential(_conv_bn_relu(3, w[0], 2, bn), _conv_bn_relu(w[0], w[0], 1, bn))
+        self.stage2 = nn.Sequential(_conv_bn_relu(w[0], w[1], 2, bn), _conv_bn_relu(w[1], w[1], 1, bn))
+        self.stage3 = nn.Sequential(_conv_bn_relu(w[1], w[2], 2, bn), _conv_bn_relu(w[2], w[2], 1, bn))
+        self.stage4 = nn.Sequential(_conv_bn_relu(w[2], w[3], 2, bn), _conv_bn_relu(w[3], w[3], 1, bn))
         self.mid_channels, self.out_channels = w[1], w[3]
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -26,6 +26,22 @@ def test_dann_digits_net_is_the_papers_two_conv_blocks():
     assert mid.shape == (2, 32, 16, 16) and last.shape == (2, 48, 8, 8)
 
 
+def test_backbone_spec_options_reach_the_constructor():
+    from fer_lab.models.backbones import parse_backbone_spec
+
+    assert parse_backbone_spec("smallcnn?batch_norm=false&widths=[8,16,32,64]") == (
+        "smallcnn", {"batch_norm": False, "widths": [8, 16, 32, 64]})
+    plain = build_backbone("smallcnn?batch_norm=false&widths=[8,16,32,64]")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    assert all(c.bias is not None for c in plain.modules() if isinstance(c, torch.nn.Conv2d))
+    mid, last = plain(torch.rand(2, 3, 64, 64))
+    assert mid.shape == (2, 16, 16, 16) and last.shape == (2, 64, 4, 4)
+    with pytest.raises(ValueError, match="smallcnn\\?depth=3"):
+        build_backbone("smallcnn?depth=3")
+    with pytest.raises(ValueError, match="not key=value"):
+        build_backbone("smallcnn?batch_norm")
+
+
 def test_registry_has_all_backbones():
     assert EXPECTED <= set(BACKBONES.names())
 
