@@ -550,7 +550,9 @@ def plan(cfg: BenchConfig) -> tuple[list, list[dict[str, Any]]]:
 
     cfg = cfg.resolved()
     weights, start_id = _start_weights(cfg)
-    cells_root = Path(cfg.cells_dir or cfg.out_dir)
+    # absolute, so that one folder named two ways (a relative path from another working directory, as a notebook
+    # has) plans the same jobs and finds their done markers
+    cells_root = Path(cfg.cells_dir or cfg.out_dir).resolve()
     jobs, cells, stage1 = [], [], {}
     multi = len({tuple(s) for s, _ in cfg.task_list()}) > 1
     for sources, target in cfg.task_list():

@@ -223,14 +223,14 @@ def run_jobs(jobs: Iterable[Job], root: str | os.PathLike, launcher: str = "loca
     for job in jobs:
         folder = job_dir(root, job.key)
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(folder / "job.json", json.dumps(asdict(job), indent=1, sort_keys=True))
         if is_done(root, job.key):
             planned = json.loads((folder / "done.json").read_text()).get("job")
-            if planned is not None and planned != _plan_digest(job):
-                raise ValueError(f"job {job.key} is done in {root} with other arguments; use another folder or "
-                                 f"remove {folder}")
+            if planned is not None and planned != _plan_digest(job):       # job.json still shows what it ran
+                raise ValueError(f"job {job.key} is done in {root} with other arguments (see its job.json); use "
+                                 f"another folder or remove {folder}")
             outcomes[job.key] = Outcome(job.key, "cached", read_result(root, job.key))
         else:
+            _atomic_write(folder / "job.json", json.dumps(asdict(job), indent=1, sort_keys=True))
             todo.append(job)
     bar = tqdm(total=len(jobs), initial=len(outcomes), disable=not progress, desc=f"jobs ({launcher})",
                unit="job", dynamic_ncols=True)

@@ -109,6 +109,17 @@ def test_arch_reaches_stage1_and_every_row_and_keys_its_own_stage1(tmp_path, mon
     assert {c["key"] for c in cells0}.isdisjoint(c["key"] for c in cells2)
 
 
+def test_one_folder_named_two_ways_plans_the_same_jobs(tmp_path, monkeypatch):
+    """A bench run from the repository with ``reports/bench`` and a notebook's bench with the absolute path of the
+    same folder as ``cells_dir`` must find each other's done cells (same job arguments)."""
+    monkeypatch.setenv("FER_LAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    base = dict(methods=("source_only",), targets=("synth:lab",), seeds=(0,), profile="tiny", start="scratch")
+    relative, _ = bench.plan(BenchConfig(**base, out_dir="reports/bench"))
+    absolute, _ = bench.plan(BenchConfig(**base, out_dir="elsewhere", cells_dir=str(tmp_path / "reports" / "bench")))
+    assert [(j.key, j.kwargs) for j in relative] == [(j.key, j.kwargs) for j in absolute]
+
+
 def test_a_tiny_bench_caches_stage1_gives_the_same_cells_with_1_and_2_workers_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("FER_LAB_CACHE", str(tmp_path / "cache"))
     base = dict(targets=("synth:lab",), methods=("source_only", "dann"), seeds=(0,), profile="tiny",

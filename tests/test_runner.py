@@ -42,6 +42,7 @@ def test_jobs_run_in_fresh_processes_with_the_thread_count_and_write_done_marker
     assert {o.status for o in out.values()} == {"cached"} and out["sq1"].result["y"] == 1
     with pytest.raises(ValueError, match="job sq1 is done in .* with other arguments"):
         run_jobs([Job("sq1", "test_runner:square", {"x": 5})], tmp_path, progress=False)
+    assert json.loads((tmp_path / "sq1" / "job.json").read_text())["kwargs"] == {"x": 1}   # still what it ran
 
 
 def test_a_failed_job_is_kept_and_reported_and_its_dependants_do_not_run(tmp_path):
