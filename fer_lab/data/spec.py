@@ -73,6 +73,20 @@ def _value(text: str) -> Any:
     return text
 
 
+def parse_query(query: str, spec: str, kind: str = "dataset") -> dict[str, str]:
+    """The ``key=value&...`` part of a spec as raw (URL-decoded) strings; raises :class:`SpecError` naming the
+    ``kind`` of spec, the spec and the piece that is not ``key=value`` or a key given twice."""
+    params: dict[str, str] = {}
+    for piece in query.split("&") if query else ():
+        key, eq, _ = piece.partition("=")
+        if not key or not eq:
+            raise SpecError(f"{kind} spec {spec!r}: parameter {piece!r} is not key=value")
+        if key in params:
+            raise SpecError(f"{kind} spec {spec!r}: parameter {key!r} given twice")
+        params[key] = dict(parse_qsl(piece, keep_blank_values=True))[key]
+    return params
+
+
 def parse_spec(spec: str | DatasetSpec) -> DatasetSpec:
     """Parse ``name:arg?key=value&...``; raises :class:`SpecError` with the reason."""
     if isinstance(spec, DatasetSpec):
@@ -84,15 +98,7 @@ def parse_spec(spec: str | DatasetSpec) -> DatasetSpec:
     if not sep or not name:
         raise SpecError(f"dataset spec {spec!r} has no 'name:' prefix (e.g. 'synth:lab', 'rafdb:/data/RAF-DB')")
     arg, _, query = rest.partition("?")
-    params: dict[str, Any] = {}
-    if query:
-        for piece in query.split("&"):
-            key, eq, val = piece.partition("=")
-            if not key or not eq:
-                raise SpecError(f"dataset spec {spec!r}: parameter {piece!r} is not key=value")
-            if key in params:
-                raise SpecError(f"dataset spec {spec!r}: parameter {key!r} given twice")
-            params[key] = _value(dict(parse_qsl(piece, keep_blank_values=True))[key])
+    params = {k: _value(v) for k, v in parse_query(query, spec).items()}
     if "split" in params and params["split"] not in SPLITS:
         raise SpecError(f"dataset spec {spec!r}: split {params['split']!r} is not one of {', '.join(SPLITS)}")
     return DatasetSpec(name.strip().lower(), arg, params)

@@ -153,14 +153,14 @@ class Backbone(nn.Module):
 
 
 def parse_backbone_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"name?key=value&..."`` -> ``(name, {key: value})``; values are read as JSON where they parse
-    (``false``, ``2``, ``[16, 32]``), else kept as strings. ``"smallcnn?batch_norm=false"``."""
+    """``"name?key=value&..."`` -> ``(name, {key: value})`` (the query grammar of dataset specs,
+    :func:`fer_lab.data.spec.parse_query`); values are read as JSON where they parse (``false``, ``2``,
+    ``[16, 32]``), else kept as strings. ``"smallcnn?batch_norm=false"``."""
+    from fer_lab.data.spec import parse_query
+
     name, _, query = spec.partition("?")
     options: dict[str, Any] = {}
-    for part in filter(None, query.split("&")):
-        key, eq, value = part.partition("=")
-        if not eq or not key:
-            raise ValueError(f"backbone spec {spec!r}: option {part!r} is not key=value")
+    for key, value in parse_query(query, spec, kind="backbone").items():
         try:
             options[key] = json.loads(value)
         except json.JSONDecodeError:

@@ -240,8 +240,7 @@ class GlobalLocalExtractor(nn.Module):
         self.streams: tuple[str, ...] = STREAMS
         cin = backbone.mid_channels
         width = head_width if head_width is not None else min(max(cin, 32), 256)
-        self.global_grid = int(global_grid)
-        self.global_head = GlobalHead(backbone.out_channels, feat_dim, self.global_grid)
+        self.global_head = GlobalHead(backbone.out_channels, feat_dim, int(global_grid))
         self.local_heads = nn.ModuleList(
             CropNet(cin, feat_dim) if heavy_heads else LocalHead(cin, feat_dim, width) for _ in range(NUM_LANDMARKS)
         )
