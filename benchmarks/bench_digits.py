@@ -133,30 +133,24 @@ def main() -> None:
     out = Path(a.out)
     rows = {"reference source-only": ("bench_digits:reference_run", {"adapt": False}),   # cheap: first
             "reference DANN": ("bench_digits:reference_run", {"adapt": True})}
-    rows.update({f"fer-lab {m}": ("bench_digits:fer_lab_run", {"method": m}) for m in a.methods.split(",")})
+    methods = a.methods.split(",")
+    # label suffix -> (network arguments, methods); each suffix's rows are paired with its own source-only
+    variants = {"": ({}, methods), ", paper net": (PAPER_NET, methods)}
     if not a.no_pooled:
-        rows.update({f"fer-lab {m}, pooled": ("bench_digits:fer_lab_run", {"method": m, "global_grid": 1})
-                     for m in POOLED})
-    rows.update({f"fer-lab {m}, paper net": ("bench_digits:fer_lab_run", {"method": m, **PAPER_NET})
-                 for m in a.methods.split(",")})
-    if not a.no_pooled:
-        rows.update({f"fer-lab {m}, no BatchNorm": ("bench_digits:fer_lab_run",
-                                                     {"method": m, "backbone": "smallcnn?batch_norm=false"})
-                     for m in POOLED})
-    jobs = [Job(f"{label.replace(' ', '_')}__s{s}", fn, {**kw, "seed": s, "steps": a.steps,
-                                                         "out_dir": str(out / "runs" / f"{label.replace(' ', '_')}__s{s}")})
+        variants.update({", pooled": ({"global_grid": 1}, POOLED),
+                         ", no BatchNorm": ({"backbone": "smallcnn?batch_norm=false"}, POOLED)})
+    rows.update({f"fer-lab {m}{suffix}": ("bench_digits:fer_lab_run", {"method": m, **net})
+                 for suffix, (net, ms) in variants.items() for m in ms})
+    def key(label: str, seed: int) -> str:
+        return f"{label.replace(' ', '_')}__s{seed}"
+
+    jobs = [Job(key(label, s), fn, {**kw, "seed": s, "steps": a.steps, "out_dir": str(out / "runs" / key(label, s))})
             for label, (fn, kw) in rows.items() for s in seeds]
     res = run_jobs(jobs, out / "jobs", workers=a.workers, threads=1)
-    acc = {label: [res[f"{label.replace(' ', '_')}__s{s}"].result["acc"] for s in seeds] for label in rows}
-    def baseline(label: str) -> str:
-        if label.startswith("reference"):
-            return "reference source-only"
-        for suffix in (", pooled", ", paper net", ", no BatchNorm"):
-            if label.endswith(suffix):
-                return "fer-lab source_only" + suffix
-        return "fer-lab source_only"
-
-    base = {label: acc[baseline(label)] for label in rows}
+    acc = {label: [res[key(label, s)].result["acc"] for s in seeds] for label in rows}
+    base = {"reference source-only": acc["reference source-only"], "reference DANN": acc["reference source-only"]}
+    base.update({f"fer-lab {m}{suffix}": acc[f"fer-lab source_only{suffix}"]
+                 for suffix, (_, ms) in variants.items() for m in ms})
     rows = dict(sorted(rows.items(), key=lambda kv: kv[0].startswith("reference")))   # fer-lab's rows first
     lines = [f"digits -> MNIST-M-style digits, {a.steps} steps, seeds {a.seeds}, 1 thread per run; target test "
              "accuracy % (DANN paper on MNIST -> MNIST-M: source only 52.25, DANN 76.66). fer-lab rows: smallcnn, "
