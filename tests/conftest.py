@@ -60,20 +60,18 @@ def cut_and_resume(make_cfg, tmp_path, stop_at: int):
     return full, resumed, states[0], states[1]
 
 
-def notebook_record(key: str, tmp_path, **params) -> dict:
-    """One tiny-profile run of notebook ``key`` (e.g. ``"01"``): ``{"metrics", "dirs", ...}``, where ``dirs`` maps
-    each folder parameter the notebook sets by default (``out_dir``, ``bench_dir``) to the folder that run used.
+def notebook_record(key: str, tmp_path) -> dict:
+    """One tiny-profile run of notebook ``key`` (e.g. ``"01"``): ``{"metrics", "dirs"}``, where ``dirs`` maps each
+    folder parameter the notebook sets by default (``out_dir``, ``bench_dir``) to the folder that run used.
 
     Every notebook runs once per suite. ``scripts/test.sh`` runs nbval over ``notebooks/`` first (the notebooks'
     defaults, ``FER_LAB_PROFILE=tiny``), after exporting ``FER_LAB_SUITE_START``; each notebook writes its metrics to
     its default ``results_path`` beside it, and a metrics file written since the suite started is that run's. Without
     one (pytest called directly, or the nbval run failed) the notebook runs here with papermill, its folders in
     ``tmp_path``.
-    Extra ``params`` force a papermill run with them.
     """
     import ast
     import json
-    import time
 
     import papermill
 
@@ -84,15 +82,12 @@ def notebook_record(key: str, tmp_path, **params) -> dict:
     folders = [k for k in ("out_dir", "bench_dir") if defaults.get(k)]     # the folders the notebook writes by default
     start = os.environ.get("FER_LAB_SUITE_START")
     results = path.parent / defaults["results_path"]
-    if not params and start and results.is_file() and results.stat().st_mtime >= float(start):
+    if start and results.is_file() and results.stat().st_mtime >= float(start):
         metrics = json.loads(results.read_text())
         if metrics.get("profile") == "tiny":
-            return {"metrics": metrics, "dirs": {k: path.parent / defaults[k] for k in folders},
-                    "seconds": None, "reused": True}
-    run = {"profile": "tiny", "device": "cpu", **{k: str(tmp_path / k.removesuffix("_dir")) for k in folders},
-           **params}
-    t0 = time.perf_counter()
-    record = nbs.run_notebook(path, tmp_path / "nb", run, html=False, cell_timeout=300)
+            return {"metrics": metrics, "dirs": {k: path.parent / defaults[k] for k in folders}}
     dirs = {k: tmp_path / k.removesuffix("_dir") for k in folders}
-    dirs.update({k: type(tmp_path)(v) for k, v in params.items() if k in folders and v})
-    return {"metrics": record["metrics"], "dirs": dirs, "seconds": time.perf_counter() - t0, "reused": False}
+    record = nbs.run_notebook(path, tmp_path / "nb", {"profile": "tiny", "device": "cpu",
+                                                      **{k: str(v) for k, v in dirs.items()}},
+                              html=False, cell_timeout=300)
+    return {"metrics": record["metrics"], "dirs": dirs}
