@@ -156,19 +156,18 @@ class DomainDiscriminator(nn.Sequential):
                  leaky_slope: float = 0.0, layers: int = 2) -> None:
         if layers < 1:
             raise ValueError(f"a domain discriminator needs at least one hidden layer, got {layers}")
-        n_hidden = layers
-        layers: list[nn.Module] = []
+        blocks: list[nn.Module] = []
         d = in_dim
-        for _ in range(n_hidden):
-            layers.append(nn.Linear(d, hidden, bias=not batch_norm))
+        for _ in range(layers):
+            blocks.append(nn.Linear(d, hidden, bias=not batch_norm))
             if batch_norm:
-                layers.append(nn.BatchNorm1d(hidden))
-            layers.append(nn.LeakyReLU(leaky_slope, inplace=True) if leaky_slope else nn.ReLU(inplace=True))
+                blocks.append(nn.BatchNorm1d(hidden))
+            blocks.append(nn.LeakyReLU(leaky_slope, inplace=True) if leaky_slope else nn.ReLU(inplace=True))
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                blocks.append(nn.Dropout(dropout))
             d = hidden
-        layers.append(nn.Linear(hidden, 1))
-        super().__init__(*layers)
+        blocks.append(nn.Linear(hidden, 1))
+        super().__init__(*blocks)
         self.in_dim = int(in_dim)
 
 
