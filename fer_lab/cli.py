@@ -31,10 +31,9 @@ def _hparam(text: str) -> tuple[str, Any]:
     key, eq, value = text.partition("=")
     if not eq or not key:
         raise argparse.ArgumentTypeError(f"hyper-parameter {text!r} is not key=value")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
+    from fer_lab.data.spec import json_value
+
+    return key, json_value(value)
 
 
 def _add_run_args(p: argparse.ArgumentParser, with_method: bool = True) -> None:

@@ -52,6 +52,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from fer_lab.data.spec import json_value
 from fer_lab.runner import Job, job_dir, run_jobs
 
 PLAN = "plan.json"
@@ -162,18 +163,11 @@ def plan_training(methods: Sequence[str], seeds: Sequence[int] = (0,), draws: in
     return {"version": PLAN_VERSION, "kind": "train", "spec": spec, "runs": _unique_keys(runs)}
 
 
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def parse_distribution(text: str) -> tuple[str, list[Any]]:
     """``loguniform:1e-3:1e-1``, ``uniform:0:1``, ``int:1:8`` (both ends included) or ``choice:a|b|c``."""
     kind, _, rest = text.partition(":")
     if kind == "choice":
-        values = [_value(v) for v in rest.split("|") if v != ""]
+        values = [json_value(v) for v in rest.split("|") if v != ""]
         if not values:
             raise ValueError(f"random draw {text!r}: choice needs values, e.g. choice:a|b|c")
         return kind, values
@@ -787,7 +781,7 @@ def _launch_options(args: argparse.Namespace) -> tuple[dict[str, float], dict[st
             options["slurm_partition"] = args.slurm_partition
         if args.slurm_time:
             options["timeout_min"] = args.slurm_time
-        options.update({k: _value(v) for k, v in args.slurm_option})
+        options.update({k: json_value(v) for k, v in args.slurm_option})
     elif args.ray_address or args.slurm_partition or args.slurm_time or args.slurm_option:
         raise ValueError("--ray-address / --slurm-* options need --launcher ray / slurm")
     elif resources:
@@ -798,7 +792,7 @@ def _launch_options(args: argparse.Namespace) -> tuple[dict[str, float], dict[st
 def _grid(pairs: Iterable[tuple[str, str]]) -> dict[str, list[Any]]:
     grid: dict[str, list[Any]] = {}
     for k, v in pairs:
-        grid.setdefault(k, []).extend(_value(x) for x in v.split(",") if x != "")
+        grid.setdefault(k, []).extend(json_value(x) for x in v.split(",") if x != "")
     return grid
 
 
@@ -812,15 +806,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     resources, options = _launch_options(args)
     if args.sweep_command == "train":
         config = {"profile": args.profile, "steps": args.steps, "device": args.device, "backbone": args.backbone,
-                  **{k: _value(v) for k, v in args.set}}
+                  **{k: json_value(v) for k, v in args.set}}
         config = {k: v for k, v in config.items() if v is not None}
         targets = [None if t.lower() in ("", "none") else t for t in (args.target or ["synth:wild"])]
         plan = plan_training([m for m in args.methods.split(",") if m], args.seeds, args.draws,
-                             args.source or ["synth:lab"], targets, config, {k: _value(v) for k, v in args.hp})
+                             args.source or ["synth:lab"], targets, config, {k: json_value(v) for k, v in args.hp})
         create_sweep(folder, plan)
     elif args.sweep_command == "notebook":
         plan = plan_notebook(args.notebook, _grid(args.grid), dict(args.draw), args.draws, args.draw_seed,
-                             {k: _value(v) for k, v in args.param}, args.cell_timeout)
+                             {k: json_value(v) for k, v in args.param}, args.cell_timeout)
         create_sweep(folder, plan)
     plan = load_plan(folder)
     print(f"sweep {folder}: {len(plan['runs'])} {plan['kind']} runs; plan in {folder / PLAN}", flush=True)

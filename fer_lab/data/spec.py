@@ -15,6 +15,7 @@ look like one.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -71,6 +72,15 @@ def _value(text: str) -> Any:
         except ValueError:
             pass
     return text
+
+
+def json_value(text: str) -> Any:
+    """``text`` read as JSON where it parses (``false``, ``2``, ``[16, 32]``), else the string itself: the values of
+    command-line ``key=value`` options and of backbone spec options."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def parse_query(query: str, spec: str, kind: str = "dataset") -> dict[str, str]:

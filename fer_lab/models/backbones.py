@@ -24,7 +24,6 @@ References:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any, Callable, Mapping, Sequence
@@ -156,16 +155,10 @@ def parse_backbone_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``"name?key=value&..."`` -> ``(name, {key: value})`` (the query grammar of dataset specs,
     :func:`fer_lab.data.spec.parse_query`); values are read as JSON where they parse (``false``, ``2``,
     ``[16, 32]``), else kept as strings. ``"smallcnn?batch_norm=false"``."""
-    from fer_lab.data.spec import parse_query
+    from fer_lab.data.spec import json_value, parse_query
 
     name, _, query = spec.partition("?")
-    options: dict[str, Any] = {}
-    for key, value in parse_query(query, spec, kind="backbone").items():
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return name, options
+    return name, {k: json_value(v) for k, v in parse_query(query, spec, kind="backbone").items()}
 
 
 def build_backbone(name: str, weights: str | os.PathLike | None = None, **kwargs) -> Backbone:
