@@ -215,7 +215,7 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
     if args.action == "run":
         extra = {"bench_dir": args.bench_dir} if args.bench_dir else None
         records = nbs.run_all(args.profile, args.device, args.out, args.only, cell_timeout=args.cell_timeout,
-                              extra=extra)
+                              extra=extra, quick=args.quick)
         print(nbs.summary_table(records))
         print(f"executed notebooks and HTML in {args.out}")
         return 0
@@ -306,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the bench folder the notebooks' comparisons share (the main job's reports/bench)")
     n.add_argument("--cell-timeout", type=float, default=None, metavar="S",
                    help="interrupt and fail a run whose cell takes longer than S seconds (default: no limit)")
+    n.add_argument("--quick", action="store_true",
+                   help="the main job's cuts: leave out each notebook's optional sections (fer_lab.notebooks.QUICK)")
     n.set_defaults(func=cmd_notebooks)
     for kind in ("methods", "backbones", "datasets"):
         sub.add_parser(kind, help=f"list the registered {kind}").set_defaults(func=lambda a, k=kind: _list(k))

@@ -1,6 +1,7 @@
 """Run, clean and check the numbered notebooks.
 
     fer-lab notebooks run [--profile smoke|full|auto] [--device cpu|cuda] [--only 00] [--out reports/notebooks]
+                          [--quick]           # the main job's cuts (QUICK)
     fer-lab notebooks clean [NOTEBOOK ...]      # strip outputs, execution counts and volatile metadata
     fer-lab notebooks check [NOTEBOOK ...]      # fail on outputs, stale execution counts or oversize files
 
@@ -26,6 +27,17 @@ KEEP_METADATA = ("kernelspec", "language_info")
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
 # a <script> element holding the plotly.js library (what plotly's "notebook" renderer puts in an output once per kernel)
+#: The main job's cuts (``fer-lab notebooks run --quick``, ``scripts/main.sh``): per notebook number, the parameters
+#: that leave out its optional sections, so that the main job, its quick bench included, stays within 15 minutes on a
+#: 2-core CPU at the smoke profile. Without ``--quick`` every section runs.
+QUICK: dict[str, dict[str, Any]] = {
+    "01": {"ablations": False},                              # AGLRLS's ablations
+    "02": {"ablations": False},                              # LA-CMFER's ablations (the baselines stay)
+    "03": {"variants": False},                               # DMSRL's released-code variants and ablations
+    "04": {"ablations": False},                              # pose-aware ADA's ablations (the pooled row stays)
+    "05": {"table1": False, "check_machinery": False},       # the Table-1 rotation and the machinery check
+    "06": {"draws": 2, "steps": 150},                        # a smaller sweep: 2 methods x 2 draws x 2 seeds
+}
 PLOTLY_LIBRARY = re.compile(r"<script[^>]*>\s*/\*\*?\s*\*\s*plotly\.js v.*?</script>", re.S)
 
 
@@ -143,13 +155,16 @@ def summary_table(records: Iterable[dict[str, Any]]) -> str:
 
 def run_all(profile: str = "auto", device: str = "auto", out_dir: str | Path = "reports/notebooks",
             only: Sequence[str] = (), root: str | Path = NOTEBOOK_DIR, extra: dict[str, Any] | None = None,
-            cell_timeout: float | None = None) -> list[dict[str, Any]]:
+            cell_timeout: float | None = None, quick: bool = False) -> list[dict[str, Any]]:
+    """Execute every numbered notebook (or ``only`` those) in order; ``extra`` parameters go to each, ``quick`` adds
+    :data:`QUICK`'s cuts."""
     from tqdm.auto import tqdm
 
     books = discover(root, only)
     records = []
     for nb in tqdm(books, desc="notebooks", unit="nb"):
-        records.append(run_notebook(nb, out_dir, {"profile": profile, "device": device, **(extra or {})},
+        cuts = QUICK.get(nb.name[:2], {}) if quick else {}
+        records.append(run_notebook(nb, out_dir, {"profile": profile, "device": device, **(extra or {}), **cuts},
                                     cell_timeout=cell_timeout))
     (Path(out_dir) / "summary.json").write_text(json.dumps(records, indent=1))
     return records

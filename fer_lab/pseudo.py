@@ -164,9 +164,9 @@ class PseudoLabelHistory:
     previous record. ``records`` plugs into :func:`fer_lab.analysis.thresholds.threshold_curves_figure`.
     """
 
-    def __init__(self, every: int = 10) -> None:
+    def __init__(self, every: int = 10, records: list[dict] | None = None) -> None:
         self.every = int(every)
-        self.records: list[dict] = []
+        self.records: list[dict] = list(records or [])
         self._seen = 0
         self._accepted: Tensor | None = None
         self._hits: Tensor | None = None

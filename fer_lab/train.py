@@ -9,7 +9,8 @@ step, and the RNG state travels with the checkpoint).
 
 Files in ``out_dir``: ``config.json``, ``metrics.jsonl`` (``{"step", "lr", <losses>}`` and
 ``{"step", "eval": {...}}`` lines), ``checkpoint.pt`` (latest, loadable with ``torch.load(weights_only=True)``),
-``results.json`` (final reports with per-class accuracy and confusion matrices).
+``results.json`` (final reports with per-class accuracy and confusion matrices), and, for a method with a
+:meth:`~fer_lab.methods.base.Method.recorder`, ``diagnostics.jsonl`` (its records, one per line).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ LR_SCHEDULES: dict[str, Callable[[float], float]] = {
     # Generalizable FER's ExponentialLR(gamma=0.9) stepped once per epoch over 60 epochs, on progress
     "exp": lambda p: 0.9 ** (60 * min(p, 1.0)),
 }
+
+
+DIAGNOSTICS = "diagnostics.jsonl"
 
 
 class Callback(Protocol):
@@ -221,8 +225,8 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         return int(state["step"])
 
-    def _open_log(self, start: int):
-        log = self.out_dir / "metrics.jsonl"
+    def _open_log(self, start: int, name: str = "metrics.jsonl"):
+        log = self.out_dir / name
         kept = []
         if start > 0 and log.exists():  # drop lines written after the checkpoint we resume from
             kept = [ln for ln in log.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= start]
@@ -243,6 +247,12 @@ class Trainer:
         _atomic_write_text(json.dumps({"config": cfg.to_dict(), "hparams": self.method.hp.to_dict(),
                                        "init_fresh": self.init_fresh}, indent=1), self.out_dir / "config.json")
         log, history = self._open_log(start)
+        recorder = self.method.recorder(cfg.steps)
+        callbacks = list(self.callbacks)
+        if recorder is not None:  # its records up to the checkpoint survive a resume; it goes on from there
+            diag, recorder.records = self._open_log(start, DIAGNOSTICS)
+            written = len(recorder.records)
+            callbacks.append(recorder)
         t0 = time.perf_counter()
         self.method.train()
         try:
@@ -254,8 +264,12 @@ class Trainer:
                 source, target = self.batches(step)
                 logs = self.method.update(source, target, progress)
                 done = step + 1
-                for cb in self.callbacks:
+                for cb in callbacks:
                     getattr(cb, "on_step", lambda *a: None)(self, done, logs)
+                if recorder is not None:
+                    for rec in recorder.records[written:]:
+                        diag.write(json.dumps(rec) + "\n")
+                    written = len(recorder.records)
                 if done % cfg.log_every == 0 or done == cfg.steps:
                     rec = {"step": done, "lr": lr, **{k: float(v) for k, v in logs.items()}}
                     log.write(json.dumps(rec) + "\n")
@@ -267,13 +281,17 @@ class Trainer:
                                                   for k, r in results.items()}}
                     log.write(json.dumps(rec) + "\n")
                     history.append(rec)
-                    for cb in self.callbacks:
+                    for cb in callbacks:
                         getattr(cb, "on_eval", lambda *a: None)(self, done, results)
                 if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                     log.flush()
+                    if recorder is not None:
+                        diag.flush()
                     self.save_checkpoint(done)
         finally:
             log.close()
+            if recorder is not None:
+                diag.close()
         final = self.evaluate()
         seconds = time.perf_counter() - t0
         _atomic_write_text(json.dumps({"config": cfg.to_dict(), "hparams": self.method.hp.to_dict(),
@@ -288,6 +306,16 @@ def train(config: TrainConfig | None = None, callbacks: Sequence[Callback] = (),
     if overrides:
         cfg = TrainConfig(**{**cfg.to_dict(), **overrides})
     return Trainer(cfg, callbacks).fit()
+
+
+def load_diagnostics(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records a method's :meth:`~fer_lab.methods.base.Method.recorder` wrote during a run (``diagnostics.jsonl``
+    in the run folder), in step order."""
+    path = Path(out_dir) / DIAGNOSTICS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no diagnostics in this run folder (its method records none, or the run was "
+                                "trained before runs recorded them: delete the folder to train it again)")
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
 
 
 def load_method_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:

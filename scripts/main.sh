@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The main job, on the embedded SynthFER data (sets up .venv on first use):
-#   1. a quick CD-FER bench: source synth:wild -> targets synth:lab, synth:lowres; source-only, DANN, CDAN-E and the
-#      target oracle from one shared, cached stage 1; 3 seeds; two cells at a time, one thread each
+#   1. a quick CD-FER bench: source synth:wild -> target synth:lab; source-only, DANN, CDAN-E, AGLRLS and the target
+#      oracle from one shared, cached stage 1; 3 seeds; two cells at a time, one thread each
 #      -> reports/bench/bench.md (three selection rules, paired 95 % intervals), bench.json, bench.png
-#   2. every numbered notebook executed with papermill -> reports/notebooks/ (executed .ipynb + HTML + summary);
+#      (the default benchmark, three targets: `.venv/bin/fer-lab bench`)
+#   2. every numbered notebook executed with papermill -> reports/notebooks/ (executed .ipynb + HTML + summary),
+#      without their optional sections (ablations, extra tables: fer_lab.notebooks.QUICK; drop --quick for all);
 #      the notebooks' own benches reuse the cells and stage-1 runs of step 1 (bench_dir=reports/bench)
-# PROFILE (auto: smoke on CPU, full on CUDA), DEVICE (auto) and WORKERS (2) select the budget, device and pool.
+# PROFILE (auto: smoke on CPU, full on CUDA), DEVICE (auto) and WORKERS (2) select the budget, device and pool;
+# QUICK (auto: on for the CPU, off for CUDA; 1 or 0) the notebooks' cuts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -16,12 +19,15 @@ WORKERS=${WORKERS:-2}
 if [ "$DEVICE" = auto ]; then
   DEVICE=$(.venv/bin/python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 fi
+QUICK=${QUICK:-auto}
+if [ "$QUICK" = auto ]; then QUICK=$([ "$DEVICE" = cpu ] && echo 1 || echo 0); fi
+quick_flag=$([ "$QUICK" = 1 ] && echo --quick || true)
 start=$(date +%s)
 .venv/bin/fer-lab bench --profile "$PROFILE" --device "$DEVICE" --workers "$WORKERS" \
-  --source synth:wild --target synth:lab,synth:lowres --methods source_only,dann,cdan --seeds 0,1,2 \
+  --source synth:wild --target synth:lab --methods source_only,dann,cdan,aglrls --seeds 0,1,2 \
   --out reports/bench --no-progress
 bench_end=$(date +%s)
 .venv/bin/fer-lab notebooks run --profile "$PROFILE" --device "$DEVICE" --out reports/notebooks \
-  --bench-dir "$PWD/reports/bench"
+  --bench-dir "$PWD/reports/bench" $quick_flag
 end=$(date +%s)
 echo "main job: bench $((bench_end - start)) s, notebooks $((end - bench_end)) s, total $((end - start)) s"

@@ -42,6 +42,37 @@ def test_check_finds_outputs_counts_and_missing_parameters(tmp_path):
     assert cleaned.cells[0].outputs == [] and cleaned.cells[0].execution_count is None
 
 
+def _parameters(path):
+    """Names and default values assigned in a notebook's parameters cell."""
+    import ast
+
+    code = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    return {t.id: ast.literal_eval(node.value) for node in ast.parse(code.source).body if isinstance(node, ast.Assign)
+            for t in node.targets}
+
+
+def test_the_quick_cuts_set_parameters_each_notebook_defines():
+    by_number = {p.name[:2]: p for p in NOTEBOOKS}
+    assert set(nbs.QUICK) <= set(by_number)
+    for number, cuts in nbs.QUICK.items():
+        defaults = _parameters(by_number[number])
+        for name, value in cuts.items():
+            assert name in defaults, f"{number}: the quick cut {name!r} is not a parameter of the notebook"
+            default = defaults[name]
+            assert default is None or type(value) is type(default), (number, name, value, default)
+
+
+def test_run_all_adds_the_quick_cuts_only_when_asked(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(nbs, "run_notebook", lambda path, out, params, **kw: seen.setdefault(path.name[:2], []).append(
+        params) or {"notebook": path.name, "seconds": 0.0, "metrics": {}})
+    nbs.run_all("tiny", "cpu", tmp_path, only=["01", "05"], extra={"bench_dir": "b"}, quick=True)
+    nbs.run_all("tiny", "cpu", tmp_path, only=["01", "05"], extra={"bench_dir": "b"})
+    assert seen["01"] == [{"profile": "tiny", "device": "cpu", "bench_dir": "b", "ablations": False},
+                          {"profile": "tiny", "device": "cpu", "bench_dir": "b"}]
+    assert seen["05"][0]["table1"] is False and "table1" not in seen["05"][1]
+
+
 def test_cell_timeout_interrupts_the_cell_and_names_it(tmp_path):
     """A stuck cell fails the run within the limit, with the cell's source and where it was in the error."""
     nb = nbformat.v4.new_notebook(cells=[

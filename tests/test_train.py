@@ -146,3 +146,44 @@ def test_init_from_a_source_only_run_starts_only_the_named_modules_fresh(tmp_pat
     a.setup()
     assert torch.equal(a.method.heads["fused"].weight, stage1["classifier.weight"])
     assert "heads.global.weight" in a.init_fresh and not any(k.startswith("extractor.") for k in a.init_fresh)
+
+
+def _aglrls_cfg(out, resume=False):
+    # 8 steps, the first quarter source-only: the transfer stage records every step (AGLRLS.recorder)
+    return TrainConfig(method="aglrls", steps=8, image_size=32, batch_size=8, n_train=32, n_test=16, eval_every=4,
+                       checkpoint_every=4, out_dir=str(out), progress=False, resume=resume,
+                       hparams={"stage1_fraction": 0.25})
+
+
+def test_a_method_recorder_writes_its_records_to_the_run_folder(tmp_path):
+    from fer_lab.pseudo import PseudoLabelHistory
+    from fer_lab.train import load_diagnostics
+
+    watcher = PseudoLabelHistory(every=1)          # the same records, gathered by a callback of the caller
+    Trainer(_aglrls_cfg(tmp_path / "run"), callbacks=[watcher]).fit()
+    records = load_diagnostics(tmp_path / "run")
+    assert [r["step"] for r in records] == [3, 4, 5, 6, 7, 8]
+    assert records == json.loads(json.dumps(watcher.records))
+    assert set(records[0]["thresholds"]) == {"global", "left_eye", "right_eye", "nose", "mouth_left", "mouth_right",
+                                             "fused"}
+
+
+def test_a_resumed_run_keeps_its_records_up_to_the_checkpoint_and_is_not_changed_by_them(tmp_path):
+    from conftest import cut_and_resume
+    from fer_lab.train import load_diagnostics
+
+    full, resumed, s_full, s_cut = cut_and_resume(_aglrls_cfg, tmp_path, stop_at=6)
+    a, b = load_diagnostics(tmp_path / "full"), load_diagnostics(tmp_path / "cut")
+    assert [r["step"] for r in b] == [3, 4, 5, 6, 7, 8]           # nothing from the cut run's steps 5-6 twice
+    assert b[:2] == a[:2]                                          # up to the checkpoint at step 4: kept as written
+    assert all(torch.equal(s_full[k], s_cut[k]) for k in s_full)
+    assert resumed.final["target"]["acc"] == full.final["target"]["acc"]
+
+
+def test_load_diagnostics_names_the_missing_file(tmp_path):
+    from fer_lab.train import load_diagnostics
+
+    Trainer(TrainConfig(method="source_only", steps=2, image_size=32, batch_size=8, n_train=32, n_test=16,
+                        out_dir=str(tmp_path), progress=False)).fit()
+    with pytest.raises(FileNotFoundError, match="diagnostics.jsonl"):
+        load_diagnostics(tmp_path)

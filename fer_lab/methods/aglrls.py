@@ -41,7 +41,7 @@ from fer_lab.labels import STREAMS
 from fer_lab.methods.base import METHODS, Hparams, Method, SourceInput, pooled
 from fer_lab.models import (DomainDiscriminator, WarmStartGradientReverse, cdan_multilinear, domain_adversarial_loss,
                             entropy_weight)
-from fer_lab.pseudo import PseudoLabelStore, dynamic_threshold
+from fer_lab.pseudo import PseudoLabelHistory, PseudoLabelStore, dynamic_threshold
 
 FUSED, GLOBAL = STREAMS.index("fused"), STREAMS.index("global")
 
@@ -168,6 +168,11 @@ class AGLRLS(Method):
 
     def lr_factor(self, progress: float) -> float:
         return 1.0 if progress < self.hp.stage1_fraction else self.hp.transfer_lr_mult
+
+    def recorder(self, steps: int) -> PseudoLabelHistory:
+        """Every run records its thresholds, coverage and precision about 20 times over its transfer stage."""
+        transfer = steps - round(steps * self.hp.stage1_fraction)
+        return PseudoLabelHistory(every=max(1, transfer // 20))
 
     def initial_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         # a new run (e.g. stage 2 from a stage-1 run) starts with its own, empty pseudo-label store

@@ -171,6 +171,14 @@ class Method(nn.Module):
         drop per-run state here (e.g. a pseudo-label store). The default keeps everything."""
         return state
 
+    def recorder(self, steps: int) -> Any:
+        """The diagnostics every run of this method records, or None (the default): a trainer callback with a
+        ``records`` list of JSON-able dicts, each with a ``"step"``. The trainer attaches it to every run of the method
+        and writes its records to ``diagnostics.jsonl`` in the run folder (see :func:`fer_lab.train.load_diagnostics`),
+        so a notebook reads a benchmark cell's diagnostics instead of training that cell again. A recorder reads the
+        method's state and never changes it. ``steps``: the run's length, to choose the recording period."""
+        return None
+
     def update(self, source: SourceInput, target: Batch | None, progress: float) -> dict[str, float]:
         raise NotImplementedError
 

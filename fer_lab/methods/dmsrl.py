@@ -333,6 +333,10 @@ class DMSRL(Method):
         keep = torch.ones_like(pseudo, dtype=torch.bool)
         return pseudo, keep
 
+    def recorder(self, steps: int) -> "MarginHistory":
+        """Every run records its margins, MI estimate and pseudo-label precision about 30 times."""
+        return MarginHistory(every=max(1, steps // 30))
+
     def update(self, source: SourceInput, target: Batch | None, progress: float) -> dict[str, float]:
         hp: DMSRLHparams = self.hp
         xs = pooled(source)
@@ -398,9 +402,9 @@ class MarginHistory:
 
     KEYS = ("inter_src", "inter_tgt", "intra_src", "intra_tgt", "center_gap", "mi", "disc_acc", "spec_dom_acc")
 
-    def __init__(self, every: int = 10) -> None:
+    def __init__(self, every: int = 10, records: list[dict[str, Any]] | None = None) -> None:
         self.every = int(every)
-        self.records: list[dict[str, Any]] = []
+        self.records: list[dict[str, Any]] = list(records or [])
         self._sums: dict[str, float] = {}
         self._n = 0
         self._assigned: Tensor | None = None

@@ -185,6 +185,12 @@ def test_margin_history_and_centre_diagnostics(tmp_path):
                       callbacks=[hist])
     trainer.fit()
     assert [r["step"] for r in hist.records] == [2, 4]
+    # every DMSRL run records the same diagnostics itself (about 30 records a run: here one per step)
+    from fer_lab.train import load_diagnostics
+
+    assert [r["step"] for r in load_diagnostics(tmp_path)] == [1, 2, 3, 4]
+    recorded = load_diagnostics(tmp_path)[3]          # step 4 (scalars pool over fewer steps than hist's)
+    assert recorded["center_gap_per_class"] == pytest.approx(hist.records[1]["center_gap_per_class"], rel=1e-6)
     r = hist.records[-1]
     assert len(r["center_gap_per_class"]) == 7 and sum(r["pl_count"]) == 16 and "mi" in r
     assert set(hist.frame().columns) >= {"step", "inter_src", "inter_tgt", "center_gap", "mi"}
