@@ -215,7 +215,7 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
     if args.action == "run":
         extra = {"bench_dir": args.bench_dir} if args.bench_dir else None
         records = nbs.run_all(args.profile, args.device, args.out, args.only, cell_timeout=args.cell_timeout,
-                              extra=extra, quick=args.quick)
+                              extra=extra, quick=args.quick, lanes=args.lanes)
         print(nbs.summary_table(records))
         print(f"executed notebooks and HTML in {args.out}")
         return 0
@@ -308,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="interrupt and fail a run whose cell takes longer than S seconds (default: no limit)")
     n.add_argument("--quick", action="store_true",
                    help="the main job's cuts: leave out each notebook's optional sections (fer_lab.notebooks.QUICK)")
+    n.add_argument("--lanes", type=int, default=1, metavar="N",
+                   help="notebooks run at once, each kernel with one thread and one bench worker (default 1)")
     n.set_defaults(func=cmd_notebooks)
     for kind in ("methods", "backbones", "datasets"):
         sub.add_parser(kind, help=f"list the registered {kind}").set_defaults(func=lambda a, k=kind: _list(k))

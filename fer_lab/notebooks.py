@@ -153,19 +153,88 @@ def summary_table(records: Iterable[dict[str, Any]]) -> str:
     return format_table(rows, percent=False)
 
 
+def parameters(path: str | Path) -> dict[str, Any]:
+    """The names a notebook's first code cell (its ``parameters`` cell) assigns, with their literal defaults
+    (``None`` where the default is not a literal)."""
+    import ast
+
+    import nbformat
+
+    code = next((c for c in nbformat.read(Path(path), as_version=4).cells if c.cell_type == "code"), None)
+    if code is None:
+        raise ValueError(f"{path}: no code cell, so no parameters cell")
+    out: dict[str, Any] = {}
+    for node in ast.parse(code.source).body:
+        if isinstance(node, ast.Assign):
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                value = None
+            out.update({t.id: value for t in node.targets if isinstance(t, ast.Name)})
+    return out
+
+
+#: Parameters that size a notebook's own worker pool; with ``lanes`` > 1 each notebook gets one worker.
+POOL_PARAMETERS = ("workers", "bench_workers")
+
+
+def _one_thread_lane() -> None:
+    import os
+
+    # the kernels a lane starts inherit this: one thread each, so that `lanes` notebooks share the cores evenly
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = "1"
+
+
+def _run_lane_task(task: tuple) -> dict[str, Any]:
+    path, out_dir, params, cell_timeout = task
+    return run_notebook(path, out_dir, params, cell_timeout=cell_timeout)
+
+
+def _run_indexed(item: tuple[int, tuple]) -> tuple[int, dict[str, Any]]:
+    return item[0], _run_lane_task(item[1])
+
+
 def run_all(profile: str = "auto", device: str = "auto", out_dir: str | Path = "reports/notebooks",
             only: Sequence[str] = (), root: str | Path = NOTEBOOK_DIR, extra: dict[str, Any] | None = None,
-            cell_timeout: float | None = None, quick: bool = False) -> list[dict[str, Any]]:
-    """Execute every numbered notebook (or ``only`` those) in order; ``extra`` parameters go to each, ``quick`` adds
-    :data:`QUICK`'s cuts."""
+            cell_timeout: float | None = None, quick: bool = False, lanes: int = 1) -> list[dict[str, Any]]:
+    """Execute every numbered notebook (or ``only`` those); returns their records in notebook order.
+
+    ``extra`` parameters go to each notebook that defines them; ``quick`` adds :data:`QUICK`'s cuts. ``lanes`` > 1
+    runs that many notebooks at once, each in its own process whose kernel uses one thread, with one worker for the
+    notebook's own bench or sweep (:data:`POOL_PARAMETERS`): on a small CPU this keeps every core busy through the
+    single-process parts (training in the kernel, UMAP, Captum, HTML export). A notebook's figures depend on its
+    kernel's thread count (as any run's do), so a lane run's figures match other one-thread runs, not a
+    two-thread kernel's.
+    """
     from tqdm.auto import tqdm
 
     books = discover(root, only)
-    records = []
-    for nb in tqdm(books, desc="notebooks", unit="nb"):
-        cuts = QUICK.get(nb.name[:2], {}) if quick else {}
-        records.append(run_notebook(nb, out_dir, {"profile": profile, "device": device, **(extra or {}), **cuts},
-                                    cell_timeout=cell_timeout))
+    tasks = []
+    for nb in books:
+        defined = parameters(nb)
+        params = {"profile": profile, "device": device,
+                  **{k: v for k, v in (extra or {}).items() if k in defined},
+                  **(QUICK.get(nb.name[:2], {}) if quick else {})}
+        if lanes > 1:
+            params.update({k: 1 for k in POOL_PARAMETERS if k in defined})
+        tasks.append((nb, out_dir, params, cell_timeout))
+    bar = tqdm(total=len(tasks), desc="notebooks", unit="nb")
+    if lanes > 1:
+        import multiprocessing as mp
+
+        by_index: dict[int, dict[str, Any]] = {}
+        with mp.get_context("spawn").Pool(lanes, initializer=_one_thread_lane) as pool:
+            for i, record in pool.imap_unordered(_run_indexed, enumerate(tasks)):
+                by_index[i] = record
+                bar.update()
+        records = [by_index[i] for i in range(len(tasks))]
+    else:
+        records = []
+        for task in tasks:
+            records.append(_run_lane_task(task))
+            bar.update()
+    bar.close()
     (Path(out_dir) / "summary.json").write_text(json.dumps(records, indent=1))
     return records
 

@@ -42,24 +42,28 @@ def test_check_finds_outputs_counts_and_missing_parameters(tmp_path):
     assert cleaned.cells[0].outputs == [] and cleaned.cells[0].execution_count is None
 
 
-def _parameters(path):
-    """Names and default values assigned in a notebook's parameters cell."""
-    import ast
-
-    code = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
-    return {t.id: ast.literal_eval(node.value) for node in ast.parse(code.source).body if isinstance(node, ast.Assign)
-            for t in node.targets}
-
-
 def test_the_quick_cuts_set_parameters_each_notebook_defines():
     by_number = {p.name[:2]: p for p in NOTEBOOKS}
     assert set(nbs.QUICK) <= set(by_number)
     for number, cuts in nbs.QUICK.items():
-        defaults = _parameters(by_number[number])
+        defaults = nbs.parameters(by_number[number])
         for name, value in cuts.items():
             assert name in defaults, f"{number}: the quick cut {name!r} is not a parameter of the notebook"
             default = defaults[name]
             assert default is None or type(value) is type(default), (number, name, value, default)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_notebook_rebinds_a_switch(path):
+    """A True/False parameter keeps its meaning through the notebook: notebook 05 once reused ``table1`` for a dict
+    of results, which made ``table1=False`` a no-op."""
+    import ast
+
+    switches = {k for k, v in nbs.parameters(path).items() if isinstance(v, bool)}
+    cells = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"][1:]
+    rebound = {n.id for c in cells for n in ast.walk(ast.parse(c.source))
+               if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store) and n.id in switches}
+    assert not rebound, f"{path.name} assigns its switch parameter(s) {sorted(rebound)} again"
 
 
 def test_run_all_adds_the_quick_cuts_only_when_asked(tmp_path, monkeypatch):
@@ -71,6 +75,30 @@ def test_run_all_adds_the_quick_cuts_only_when_asked(tmp_path, monkeypatch):
     assert seen["01"] == [{"profile": "tiny", "device": "cpu", "bench_dir": "b", "ablations": False},
                           {"profile": "tiny", "device": "cpu", "bench_dir": "b"}]
     assert seen["05"][0]["table1"] is False and "table1" not in seen["05"][1]
+
+
+def test_lanes_run_notebooks_side_by_side_with_one_thread_and_one_worker_each(tmp_path):
+    """Two lanes, three notebooks: every record comes back in notebook order; each kernel saw one thread and the
+    notebook's own pool was set to one worker; a parameter a notebook does not define is not passed to it."""
+    for i in range(3):
+        nb = nbformat.v4.new_notebook(cells=[
+            nbformat.v4.new_code_cell("results_path = 'r.json'\nworkers = 2\nprofile = 'auto'\ndevice = 'auto'",
+                                      metadata={"tags": ["parameters"]}),
+            nbformat.v4.new_code_cell("import json, os\nopen(results_path, 'w').write(json.dumps({'threads': "
+                                      "os.environ.get('OMP_NUM_THREADS'), 'workers': workers, "
+                                      "'has_bench_dir': 'bench_dir' in globals()}))")])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, tmp_path / f"{i:02d}_lane.ipynb")
+    records = nbs.run_all("tiny", "cpu", tmp_path / "out", root=tmp_path, extra={"bench_dir": "b"}, lanes=2)
+    assert [r["notebook"] for r in records] == ["00_lane.ipynb", "01_lane.ipynb", "02_lane.ipynb"]
+    assert all(r["metrics"] == {"threads": "1", "workers": 1, "has_bench_dir": False} for r in records)
+
+
+def test_parameters_reads_the_parameters_cell(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# t"),
+                                         nbformat.v4.new_code_cell("a = 1  # one\nb = (0, 1)\nc = len('x')\nd = e = 'x'")])
+    nbformat.write(nb, tmp_path / "00_p.ipynb")
+    assert nbs.parameters(tmp_path / "00_p.ipynb") == {"a": 1, "b": (0, 1), "c": None, "d": "x", "e": "x"}
 
 
 def test_cell_timeout_interrupts_the_cell_and_names_it(tmp_path):
