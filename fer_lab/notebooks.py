@@ -1,7 +1,7 @@
 """Run, clean and check the numbered notebooks.
 
     fer-lab notebooks run [--profile smoke|full|auto] [--device cpu|cuda] [--only 00] [--out reports/notebooks]
-                          [--quick]           # the main job's cuts (QUICK)
+                          [--quick] [--lanes 2]  # the main job's cuts (QUICK); notebooks two at a time
     fer-lab notebooks clean [NOTEBOOK ...]      # strip outputs, execution counts and volatile metadata
     fer-lab notebooks check [NOTEBOOK ...]      # fail on outputs, stale execution counts or oversize files
 
@@ -26,7 +26,6 @@ MAX_NOTEBOOK_KB = 100
 KEEP_METADATA = ("kernelspec", "language_info")
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
-# a <script> element holding the plotly.js library (what plotly's "notebook" renderer puts in an output once per kernel)
 #: The main job's cuts (``fer-lab notebooks run --quick``, ``scripts/main.sh``): per notebook number, the parameters
 #: that leave out its optional sections, so that the main job, its quick bench included, stays within 15 minutes on a
 #: 2-core CPU at the smoke profile. Without ``--quick`` every section runs.
@@ -38,6 +37,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "05": {"table1": False, "check_machinery": False},       # the Table-1 rotation and the machinery check
     "06": {"draws": 2, "steps": 150},                        # a smaller sweep: 2 methods x 2 draws x 2 seeds
 }
+# a <script> element holding the plotly.js library (what plotly's "notebook" renderer puts in an output once per kernel)
 PLOTLY_LIBRARY = re.compile(r"<script[^>]*>\s*/\*\*?\s*\*\s*plotly\.js v.*?</script>", re.S)
 
 
