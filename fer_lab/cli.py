@@ -311,6 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--lanes", type=int, default=1, metavar="N",
                    help="notebooks run at once, each kernel with one thread and one bench worker (default 1)")
     n.set_defaults(func=cmd_notebooks)
+    sy = sub.add_parser("synth", help="SynthFER: write a gallery of every domain and class")
+    sy.add_argument("action", choices=["gallery"])
+    sy.add_argument("--out", default="reports/synth")
+    sy.add_argument("--domains", default="lab,wild,lowres,profile")
+    sy.add_argument("--per-class", type=int, default=8)
+    sy.add_argument("--size", type=int, default=112)
+    sy.add_argument("--seed", type=int, default=7)
+    sy.set_defaults(func=cmd_synth)
     for kind in ("methods", "backbones", "datasets"):
         sub.add_parser(kind, help=f"list the registered {kind}").set_defaults(func=lambda a, k=kind: _list(k))
     from fer_lab.data.prepare import add_data_parser
@@ -320,6 +328,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sweep_parser(sub)  # fer-lab sweep train|notebook|run|report
     return p
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from fer_lab.analysis.gallery import write_galleries
+    from fer_lab.data.synth import DOMAINS
+
+    domains = tuple(d for d in args.domains.split(",") if d)
+    unknown = [d for d in domains if d not in DOMAINS]
+    if unknown:
+        raise ValueError(f"unknown SynthFER domain(s) {', '.join(unknown)}; known: {', '.join(DOMAINS)}")
+    if args.per_class < 1:
+        raise ValueError(f"--per-class must be at least 1, got {args.per_class}")
+    paths = write_galleries(args.out, domains, args.per_class, args.size, args.seed, n=max(280, 7 * args.per_class * 3))
+    for dom, path in paths.items():
+        print(f"{dom}: {path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

