@@ -138,6 +138,10 @@ class BenchConfig:
     tasks: tuple[tuple[tuple[str, ...], str], ...] | None = None
     methods: tuple[str, ...] = DEFAULT_METHODS
     oracle: bool = True
+    #: multi-source tasks: also train source-only on each source alone (its own stage 1) and report the row
+    #: ``best single source``, per seed and selection rule the best of them on the target (optimistic in the
+    #: choice of the source, as the multi-source literature reports it)
+    single_sources: bool = False
     seeds: tuple[int, ...] = (0, 1, 2)
     profile: str = "smoke"
     backbone: str = "smallcnn"
@@ -240,6 +244,16 @@ def _base_config(cfg: BenchConfig, sources: Sequence[str], seed: int) -> dict[st
 # ---------------------------------------------------------------------------------------------------------------------
 # stage 1 (cached) and cells (run in worker processes)
 # ---------------------------------------------------------------------------------------------------------------------
+def _data_versions(specs: Sequence[str]) -> dict[str, Any]:
+    """What else shapes a run's data: SynthFER's renderer version where a spec draws SynthFER faces (so a new
+    renderer makes new stage-1 entries and cells even from a ``scratch`` start)."""
+    if any(str(s).startswith("synth") for s in specs):
+        from fer_lab.data.synth import RENDERER_VERSION
+
+        return {"synth_renderer": RENDERER_VERSION}
+    return {}
+
+
 def stage1_config(cfg: BenchConfig, sources: Sequence[str], seed: int, weights: str | None,
                   start_id: str) -> tuple[dict[str, Any], Path]:
     """The stage-1 run's TrainConfig fields and its cache folder (keyed by everything that shapes it)."""
@@ -251,6 +265,7 @@ def stage1_config(cfg: BenchConfig, sources: Sequence[str], seed: int, weights: 
         tc["hparams"] = dict(cfg.arch)
     key = {k: v for k, v in tc.items() if k not in ("progress", "device", "backbone_weights")}
     key["start"] = start_id
+    key.update(_data_versions(sources))
     folder = cache_root().parent / "stage1" / f"{_slug('+'.join(domain_name(s) for s in sources))}-s{seed}-{_digest(key)}"
     return tc, folder
 
@@ -544,8 +559,12 @@ def cell_config(cfg: BenchConfig, row: str, target: str | None = None, seed: int
     return TrainConfig(**fields)
 
 
+BEST_SINGLE = "best single source"
+
+
 def plan(cfg: BenchConfig) -> tuple[list, list[dict[str, Any]]]:
-    """The runner jobs of a bench (stage 1 per sources and seed, then one per cell) and each cell's description."""
+    """The runner jobs of a bench (stage 1 per sources and seed, then one per cell) and each cell's description
+    (``single`` names the source of a single-source cell, merged into :data:`BEST_SINGLE` by :func:`run_bench`)."""
     from fer_lab.runner import Job
 
     cfg = cfg.resolved()
@@ -568,14 +587,55 @@ def plan(cfg: BenchConfig) -> tuple[list, list[dict[str, Any]]]:
                 hp = tconf["hparams"]
                 # the key carries a digest of the cell's run and its stage 1, so a changed budget or
                 # hyper-parameter makes a new cell instead of reusing an old one
-                digest = _digest([{k: v for k, v in tconf.items() if k not in ("progress", "device")}, folder.name])
+                digest = _digest([{k: v for k, v in tconf.items() if k not in ("progress", "device")}, folder.name,
+                                  _data_versions([target])])
                 key = f"{_slug(row.label)}__{task}__s{seed}__{digest[:6]}"
                 jobs.append(Job(key, "fer_lab.bench:run_cell",
                                 {"config": tconf, "out_dir": str(cells_root / "runs" / key),
                                  "init_from": str(folder)}, after=(s1,)))
                 cells.append({"key": key, "row": row.label, "method": row.method, "hparams": hp,
                               "sources": list(sources), "target": target, "seed": seed, "stage1": str(folder)})
+            if cfg.single_sources and len(sources) > 1:
+                row = Row(BEST_SINGLE, "source_only")
+                for one in sources:
+                    tc1, folder1 = stage1_config(cfg, (one,), seed, weights, start_id)
+                    s1 = f"stage1-{folder1.name}"
+                    if s1 not in stage1:
+                        stage1[s1] = folder1
+                        jobs.append(Job(s1, "fer_lab.bench:run_stage1", {"config": tc1, "out_dir": str(folder1)}))
+                    tconf = _cell_fields(cfg, row, (one,), target, seed)
+                    digest = _digest([{k: v for k, v in tconf.items() if k not in ("progress", "device")},
+                                      folder1.name, _data_versions([target])])
+                    key = f"single-{_slug(domain_name(one))}__{_slug(target)}__s{seed}__{digest[:6]}"
+                    jobs.append(Job(key, "fer_lab.bench:run_cell",
+                                    {"config": tconf, "out_dir": str(cells_root / "runs" / key),
+                                     "init_from": str(folder1)}, after=(s1,)))
+                    cells.append({"key": key, "row": BEST_SINGLE, "method": "source_only", "hparams": tconf["hparams"],
+                                  "sources": [one], "target": target, "seed": seed, "stage1": str(folder1),
+                                  "single": one})
     return jobs, cells
+
+
+def merge_single_sources(cells: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split off the single-source cells and merge each (target, seed) group into one :data:`BEST_SINGLE` cell:
+    under each selection rule the best source's accuracy (and that cell's mean class accuracy), ``chosen`` naming
+    it; returns (the cells with the merged ones, the single-source cells)."""
+    singles = [c for c in cells if c.get("single")]
+    out = [c for c in cells if not c.get("single")]
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for c in singles:
+        groups.setdefault((c["target"], c["seed"]), []).append(c)
+    for (target, seed), group in groups.items():
+        merged: dict[str, Any] = {"acc": {}, "mean_class_acc": {}, "chosen": {}}
+        for rule in group[0]["acc"]:
+            best = max(group, key=lambda c: c["acc"][rule])
+            merged["acc"][rule] = best["acc"][rule]
+            merged["mean_class_acc"][rule] = best["mean_class_acc"][rule]
+            merged["chosen"][rule] = best["single"]
+        last = max(group, key=lambda c: c["acc"]["last"])
+        out.append({**{k: v for k, v in last.items() if k not in ("acc", "mean_class_acc", "single", "key")},
+                    **merged, "key": f"{BEST_SINGLE}:{target}:s{seed}", "sources": [c["single"] for c in group]})
+    return out, singles
 
 
 def run_bench(cfg: BenchConfig) -> BenchReport:
@@ -598,6 +658,9 @@ def run_bench(cfg: BenchConfig) -> BenchReport:
         if k.startswith("stage1-") and o.status == "failed":
             failed[k] = (o.error or "").strip().splitlines()[-1]
     info = {**dataclasses.asdict(cfg), "task_list": [[list(s), t] for s, t in cfg.task_list()]}
+    done, singles = merge_single_sources(done)
+    if singles:
+        info["single_source_cells"] = singles
     report = BenchReport(info, done, failed)
     if done:
         report.save(cfg.out_dir)

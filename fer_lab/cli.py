@@ -173,6 +173,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         oracle=not args.no_oracle, out_dir=args.out, progress=not args.no_progress)
     if args.leave_one_out:
         fields["tasks"] = leave_one_out(split_specs(args.leave_one_out))
+        fields["single_sources"] = not args.no_single_sources
     else:
         fields.update(source=split_specs(args.source), targets=split_specs(args.target))
     cfg = BenchConfig(**fields).resolved()
@@ -285,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=1, help="threads per cell (fixed, so figures do not move)")
     b.add_argument("--device", default="cpu")
     b.add_argument("--no-oracle", action="store_true")
+    b.add_argument("--no-single-sources", action="store_true",
+                   help="--leave-one-out without the 'best single source' row (source-only on each source alone)")
     b.add_argument("--out", default="reports/bench")
     b.add_argument("--all-tables", action="store_true", help="print every selection rule's table")
     b.add_argument("--no-progress", action="store_true")

@@ -109,6 +109,55 @@ def test_arch_reaches_stage1_and_every_row_and_keys_its_own_stage1(tmp_path, mon
     assert {c["key"] for c in cells0}.isdisjoint(c["key"] for c in cells2)
 
 
+def test_single_source_cells_train_on_one_source_from_its_own_stage1(tmp_path, monkeypatch):
+    monkeypatch.setenv("FER_LAB_CACHE", str(tmp_path / "cache"))
+    base = dict(tasks=((("synth:lab", "synth:wild"), "synth:profile"),), methods=("source_only",), seeds=(0, 1),
+                profile="tiny", start="scratch", oracle=False, out_dir=str(tmp_path / "b"))
+    jobs0, cells0 = bench.plan(BenchConfig(**base))
+    jobs, cells = bench.plan(BenchConfig(**base, single_sources=True))
+    assert not any(c.get("single") for c in cells0)
+    singles = [c for c in cells if c.get("single")]
+    assert sorted((c["single"], c["seed"]) for c in singles) == [("synth:lab", 0), ("synth:lab", 1),
+                                                                 ("synth:wild", 0), ("synth:wild", 1)]
+    by_key = {j.key: j for j in jobs}
+    for c in singles:
+        job = by_key[c["key"]]
+        assert job.kwargs["config"]["source"] == [c["single"]] and c["row"] == bench.BEST_SINGLE
+        (s1,) = job.after
+        assert by_key[s1].kwargs["config"]["source"] == [c["single"]] and by_key[s1].kwargs["out_dir"] == c["stage1"]
+    assert len({j.key for j in jobs}) == len(jobs)                     # each single-source stage 1 planned once
+
+
+def test_a_new_synthfer_renderer_makes_new_stage1_entries_and_cells(tmp_path, monkeypatch):
+    """Even from a scratch start (no pretrain key to carry it), SynthFER's renderer version keys stage 1 and cells."""
+    import fer_lab.data.synth as synth
+
+    monkeypatch.setenv("FER_LAB_CACHE", str(tmp_path / "cache"))
+    cfg = BenchConfig(methods=("source_only",), targets=("synth:lab",), seeds=(0,), profile="tiny", start="scratch",
+                      oracle=False, out_dir=str(tmp_path / "b"))
+    jobs_a, cells_a = bench.plan(cfg)
+    monkeypatch.setattr(synth, "RENDERER_VERSION", synth.RENDERER_VERSION + 1)
+    jobs_b, cells_b = bench.plan(cfg)
+    assert jobs_a[0].kwargs["out_dir"] != jobs_b[0].kwargs["out_dir"]
+    assert cells_a[0]["key"] != cells_b[0]["key"]
+
+
+def test_best_single_source_takes_the_best_source_under_each_rule():
+    def cell(src, seed, last, val, test):
+        return {"key": f"{src}{seed}", "row": bench.BEST_SINGLE, "single": src, "target": "t", "seed": seed,
+                "acc": {"last": last, "source_val": val, "target_test": test},
+                "mean_class_acc": {"last": last / 2, "source_val": val / 2, "target_test": test / 2},
+                "last_move": 0.0, "run_dir": f"runs/{src}{seed}"}
+    other = {"key": "so0", "row": "source_only", "target": "t", "seed": 0, "acc": {"last": 0.5}}
+    merged, singles = bench.merge_single_sources([other, cell("a", 0, 0.4, 0.6, 0.7), cell("b", 0, 0.5, 0.3, 0.9)])
+    assert len(singles) == 2 and merged[0] is other
+    best = merged[1]
+    assert best["acc"] == {"last": 0.5, "source_val": 0.6, "target_test": 0.9}
+    assert best["mean_class_acc"] == {"last": 0.25, "source_val": 0.3, "target_test": 0.45}
+    assert best["chosen"] == {"last": "b", "source_val": "a", "target_test": "b"}
+    assert best["run_dir"] == "runs/b0" and best["sources"] == ["a", "b"] and "single" not in best
+
+
 def test_one_folder_named_two_ways_plans_the_same_jobs(tmp_path, monkeypatch):
     """A bench run from the repository with ``reports/bench`` and a notebook's bench with the absolute path of the
     same folder as ``cells_dir`` must find each other's done cells (same job arguments)."""
