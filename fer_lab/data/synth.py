@@ -773,7 +773,7 @@ def face_geometry(s: dict[str, np.ndarray], size: int) -> dict[str, Any]:
     relief = []
     for side, e in zip((-1.0, 1.0), g["eyes"]):
         # the eye socket, deeper under lowered brows; the cheek's apple, lifted and rounder under AU6
-        relief.append((e["u"], e["v"] - 0.03 + 0.03 * BL, e["w"] * 1.7 + 0.02, 0.17 * fy + 0.0 * BL, -0.16 - 0.12 * BL))
+        relief.append((e["u"], e["v"] - 0.03 + 0.03 * BL, e["w"] * 1.7 + 0.02, 0.17 * fy, -0.16 - 0.12 * BL))
         cu_, cv_ = P(side * 0.5, eye_v + 0.4 - 0.1 * CR, 0.0)
         relief.append((cu_, cv_, 0.26 * P.fx(side * 0.5), 0.18 - 0.03 * CR, 0.04 + 0.07 * CR))
     nu_, nv_ = g["nose"]
