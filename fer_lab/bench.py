@@ -67,6 +67,10 @@ STAGE2_HPARAMS: dict[str, Any] = {"lr": 0.01}
 METHOD_STAGE2_HPARAMS: dict[str, dict[str, Any]] = {
     # AGLRLS keeps its two stages: its per-stream heads warm up on the source, then transfer at 0.1x the rate
     "aglrls": {"stage1_fraction": 0.25},
+    # LA-CMFER's two branch classifiers and its local branch are new layers: the paper trains them at 10x the
+    # pretrained trunk's rate (0.01 against 0.001). Here the trunk keeps the shared rate and the new layers get 10x;
+    # at the shared rate alone they stay near chance in the smoke budget (source val 0.5 against source-only's 0.9+).
+    "la_cmfer": {"lr": 0.1, "backbone_lr_mult": 0.1},
 }
 
 
