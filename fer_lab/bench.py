@@ -107,6 +107,18 @@ def parse_row(text: str) -> Row:
     return Row(text.strip().replace(" ", ""), name, hp)
 
 
+def format_row(method: str, hparams: dict[str, Any] | None = None) -> str:
+    """The row text of ``method`` with ``hparams`` (the inverse of :func:`parse_row`): ``"dann"``,
+    ``"la_cmfer[sample_weights=false]"``, ``"dmsrl[mi=discriminator]"`` (strings bare, other values as JSON)."""
+    pieces = []
+    for k, v in (hparams or {}).items():
+        text = v if isinstance(v, str) else json.dumps(v)
+        if parse_row(f"{method}[{k}={text}]").hparams.get(k, object()) != v or "," in text:
+            raise ValueError(f"bench row {method}: {k}={v!r} would not read back as that value")
+        pieces.append(f"{k}={text}")
+    return f"{method}[{','.join(pieces)}]" if pieces else method
+
+
 def split_rows(text: str) -> tuple[str, ...]:
     """A comma-separated list of rows; commas inside ``[...]`` stay in their row."""
     rows, depth, cur = [], 0, ""

@@ -25,6 +25,17 @@ def test_rows_parse_with_hyper_parameters_and_lists_split_outside_brackets():
         BenchConfig(methods=("no_such_method",), profile="tiny").resolved()
 
 
+def test_format_row_reads_back_through_parse_row_and_refuses_what_would_not():
+    assert bench.format_row("dann") == "dann" and bench.format_row("dann", {}) == "dann"
+    hp = {"sample_weights": False, "lr": 0.1, "steps": 3, "mi": "discriminator", "p": None}
+    text = bench.format_row("la_cmfer", hp)
+    assert text == "la_cmfer[sample_weights=false,lr=0.1,steps=3,mi=discriminator,p=null]"
+    assert parse_row(text).hparams == hp and parse_row(text).method == "la_cmfer"
+    for bad in ({"mi": "true"}, {"mi": "0.5"}, {"mi": "a,b"}, {"grid": [1, 2]}):
+        with pytest.raises(ValueError):
+            bench.format_row("m", bad)
+
+
 def test_leave_one_out_tasks():
     tasks = bench.leave_one_out(("a:1", "b:2", "c:3"))
     assert tasks == ((("b:2", "c:3"), "a:1"), (("a:1", "c:3"), "b:2"), (("a:1", "b:2"), "c:3"))

@@ -499,19 +499,11 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "global features only": {"local": "none"},
 }
 
-def bench_rows() -> dict[str, str]:
-    """Bench rows (:mod:`fer_lab.bench` syntax) of DMSRL, the released code's variants and the ablations, by name."""
-    import json
-
-    def row(hp: dict[str, Any]) -> str:
-        return "dmsrl" + ("[" + ",".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in hp.items())
-                          + "]" if hp else "")
-
-    named = {"DMSRL": {}, "released code (MI = discriminator)": RELEASED_CODE,
-             "released code, four crops": RELEASED_CODE_CROPS, **{f"DMSRL, {k}": v for k, v in ABLATIONS.items()}}
-    return {k: row(v) for k, v in named.items()}
-
-
 #: The released code's variants: its "MI" module is one domain discriminator; its local branch four crops.
 RELEASED_CODE: dict[str, Any] = {"mi": "discriminator"}
 RELEASED_CODE_CROPS: dict[str, Any] = {"mi": "discriminator", "local": "overlap4"}
+
+#: DMSRL, the released code's variants and the ablations by name (bench rows: ``fer_lab.bench.format_row``).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "DMSRL": {}, "released code (MI = discriminator)": RELEASED_CODE, "released code, four crops": RELEASED_CODE_CROPS,
+    **{f"DMSRL, {k}": v for k, v in ABLATIONS.items()}}

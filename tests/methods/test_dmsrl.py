@@ -249,11 +249,11 @@ def test_starts_from_a_source_only_stage_one(tmp_path):
     assert t.fit().final["target"]["n"] == 32
 
 
-def test_bench_rows_parse_to_the_ablation_hparams():
-    from fer_lab.bench import parse_row
-    from fer_lab.methods.dmsrl import ABLATIONS, RELEASED_CODE_CROPS, bench_rows
+def test_variants_make_bench_rows_that_parse_to_their_hparams():
+    from fer_lab.bench import format_row, parse_row
+    from fer_lab.methods.dmsrl import ABLATIONS, RELEASED_CODE_CROPS, VARIANTS
 
-    rows = {k: parse_row(v) for k, v in bench_rows().items()}
+    rows = {k: parse_row(format_row("dmsrl", v)) for k, v in VARIANTS.items()}
     assert rows["DMSRL"].hparams == {} and rows["released code, four crops"].hparams == RELEASED_CODE_CROPS
     assert rows["DMSRL, w/o margin term"].hparams == ABLATIONS["w/o margin term"] == {"margin_loss": False}
     for r in rows.values():
