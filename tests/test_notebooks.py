@@ -148,6 +148,19 @@ def test_notebook_05_metrics_tiny(tmp_path):
     assert m["headline"] == {f"{k} unseen": round(100 * v, 1) for k, v in m["mean_unseen"].items()}
     assert m["pretrain_seconds"] >= 0 and len(m["mask_ownership"]) == 7
     assert all(1 <= v for v in m["mask_distinct_winners"].values())
+    # Table 1: each domain as the source, four read-outs each; the table is the mean of its per-seed rows, and
+    # section 2's runs (lab, the notebook's seed) are the Table's lab rows
+    t1_methods = {"gen_fer (group-max, paper)", "gen_fer (FC, released code)", "linear probe", "source-only (fine-tuned)"}
+    domains = ["synth:lab", "synth:wild", "synth:lowres", "synth:profile"]
+    assert m["table1_seeds"] == [0] and sorted(m["table1"]) == sorted(domains)
+    assert all(set(per) == t1_methods for per in m["table1"].values())
+    assert len(m["table1_per_seed"]) == 16
+    for r in m["table1_per_seed"]:
+        assert m["table1"][r["trained on"]][r["method"]]["mean unseen"] == pytest.approx(r["mean unseen"])
+    lab = m["table1"]["synth:lab"]
+    assert lab["gen_fer (group-max, paper)"]["mean unseen"] == pytest.approx(m["mean_unseen"]["gen_fer"])
+    assert lab["linear probe"]["mean unseen"] == pytest.approx(m["mean_unseen"]["linear probe"])
+    assert set(m["table1_paired"]["synth:wild"]) == {"linear probe", "source-only (fine-tuned)"}
 
 
 @pytest.mark.slow
