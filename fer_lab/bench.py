@@ -74,6 +74,12 @@ METHOD_STAGE2_HPARAMS: dict[str, dict[str, Any]] = {
 }
 
 
+def stage2_hparams(method: str) -> dict[str, Any]:
+    """The hyper-parameters a stage 2 of ``method`` starts with (before a row's or the bench's own): the shared
+    fine-tuning rate and the method's additions (:data:`METHOD_STAGE2_HPARAMS`)."""
+    return {**STAGE2_HPARAMS, **METHOD_STAGE2_HPARAMS.get(method, {})}
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # rows: "method" or "method[key=value,key=value]"
 # ---------------------------------------------------------------------------------------------------------------------
@@ -554,7 +560,7 @@ class BenchReport:
 # planning and running
 # ---------------------------------------------------------------------------------------------------------------------
 def _cell_fields(cfg: BenchConfig, row: Row, sources: Sequence[str], target: str, seed: int) -> dict[str, Any]:
-    hp = {**STAGE2_HPARAMS, **METHOD_STAGE2_HPARAMS.get(row.method, {}), **cfg.arch,
+    hp = {**stage2_hparams(row.method), **cfg.arch,
           **cfg.hparams.get(row.method, {}), **cfg.hparams.get(row.label, {}), **row.hparams}
     return dict(_base_config(cfg, sources if not row.oracle else (target,), seed), method=row.method,
                 target=target, steps=cfg.steps, hparams=hp, source_val=True)
