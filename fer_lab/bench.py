@@ -71,6 +71,9 @@ METHOD_STAGE2_HPARAMS: dict[str, dict[str, Any]] = {
     # pretrained trunk's rate (0.01 against 0.001). Here the trunk keeps the shared rate and the new layers get 10x;
     # at the shared rate alone they stay near chance in the smoke budget (source val 0.5 against source-only's 0.9+).
     "la_cmfer": {"lr": 0.1, "backbone_lr_mult": 0.1},
+    # DMSRL's own modules (fusion, split, classifier, centres, discriminators, estimator) start fresh: 10x, the usual
+    # rate of new layers on a trained extractor (DANN / CDAN reference code)
+    "dmsrl": {"head_lr_mult": 10.0},
 }
 
 

@@ -204,12 +204,13 @@ def test_a_tiny_bench_caches_stage1_gives_the_same_cells_with_1_and_2_workers_an
     assert (tmp_path / "two" / "bench.md").read_text().startswith("# CD-FER benchmark")
 
 
-def test_la_cmfer_cells_train_new_layers_at_ten_times_the_shared_trunk_rate(tmp_path, monkeypatch):
-    """Every stage-2 trunk trains at the shared rate; LA-CMFER's new branch layers at 10x it, as in the paper."""
+def test_new_layers_of_la_cmfer_and_dmsrl_cells_train_at_ten_times_the_shared_trunk_rate(tmp_path, monkeypatch):
+    """Every stage-2 trunk trains at the shared rate; LA-CMFER's new branch layers at 10x it, as in the paper, and
+    DMSRL's own modules at 10x too."""
     from fer_lab.methods import build_method
 
     monkeypatch.setenv("FER_LAB_CACHE", str(tmp_path / "cache"))
-    cfg = BenchConfig(tasks=((("synth:lab", "synth:wild"), "synth:profile"),), methods=("dann", "la_cmfer"),
+    cfg = BenchConfig(tasks=((("synth:lab", "synth:wild"), "synth:profile"),), methods=("dann", "la_cmfer", "dmsrl"),
                       seeds=(0,), profile="tiny", start="scratch", oracle=False, out_dir=str(tmp_path / "b"))
     _, cells = bench.plan(cfg)
     hp = {c["row"]: c["hparams"] for c in cells}
@@ -222,6 +223,7 @@ def test_la_cmfer_cells_train_new_layers_at_ten_times_the_shared_trunk_rate(tmp_
     assert rates["dann"]["trunk"] == pytest.approx(bench.STAGE2_HPARAMS["lr"])
     assert rates["la_cmfer"]["trunk"] == pytest.approx(bench.STAGE2_HPARAMS["lr"])
     assert rates["la_cmfer"]["rest"] == pytest.approx(10 * bench.STAGE2_HPARAMS["lr"])
+    assert hp["dmsrl"] == {**bench.STAGE2_HPARAMS, "head_lr_mult": 10.0} == bench.stage2_hparams("dmsrl")
     # a row's own value still wins over the bench's
     _, cells = bench.plan(BenchConfig(**{**cfg.__dict__, "methods": ("la_cmfer[lr=0.05]",)}))
     assert cells[0]["hparams"]["lr"] == 0.05 and cells[0]["hparams"]["backbone_lr_mult"] == 0.1
