@@ -74,6 +74,8 @@ METHOD_STAGE2_HPARAMS: dict[str, dict[str, Any]] = {
     # DMSRL's own modules (fusion, split, classifier, centres, discriminators, estimator) start fresh: 10x, the usual
     # rate of new layers on a trained extractor (DANN / CDAN reference code)
     "dmsrl": {"head_lr_mult": 10.0},
+    # pose-aware ADA's pose code, pose classifier, cross predictors and decoder have no stage-1 counterpart: 10x too
+    "pose_ada": {"head_lr_mult": 10.0},
 }
 
 

@@ -109,6 +109,10 @@ class PoseADAHparams(Hparams):
     disc_hidden: int = 256           # A5: smaller than DANN's 1024, the codes are 64 / 32-d
     disc_dropout: float = 0.5        # A5: the CDAN discriminator's dropout
     disc_lr_mult: float = 1.0
+    head_lr_mult: float = 1.0        # the modules that start without a trained counterpart (pose code and classifier,
+    #                                  the cross predictors, the decoder); ``fer-lab bench`` sets 10, the usual rate
+    #                                  of new layers on a trained extractor (at the trunk's rate the pose classifier
+    #                                  stayed at chance, CE ln 5, over a 100-step adaptation)
 
 
 def yaw_bins(pose: Tensor, edges: Tensor) -> Tensor:
@@ -182,11 +186,16 @@ class PoseADA(Method):
                                    channels=(w, max(w // 2, 1), max(w // 4, 1)))            # G (iii)
         self.grl = WarmStartGradientReverse(alpha=hp.grl_alpha)
 
+    #: the modules :attr:`PoseADAHparams.head_lr_mult` applies to
+    new_modules = ("pose_head", "pose_classifier", "pose_from_expr", "expr_from_pose", "decoder")
+
     def param_groups(self):
-        disc = {id(p) for m in (self.disc_expr, self.disc_pose) for p in m.parameters()}
-        groups = [{**g, "params": [p for p in g["params"] if id(p) not in disc]} for g in super().param_groups()]
-        return groups + [{"params": [p for m in (self.disc_expr, self.disc_pose) for p in m.parameters()],
-                          "lr_mult": self.hp.disc_lr_mult}]
+        disc = [p for m in (self.disc_expr, self.disc_pose) for p in m.parameters()]
+        new = [p for name in self.new_modules for p in getattr(self, name).parameters()]
+        taken = {id(p) for p in disc + new}
+        groups = [{**g, "params": [p for p in g["params"] if id(p) not in taken]} for g in super().param_groups()]
+        return groups + [{"params": disc, "lr_mult": self.hp.disc_lr_mult},
+                         {"params": new, "lr_mult": self.hp.head_lr_mult}]
 
     def initial_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         # another method's run (a source-only stage 1) has a classifier on the fused stream: entries of another

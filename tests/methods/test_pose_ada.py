@@ -150,3 +150,17 @@ def test_from_a_source_only_stage1_it_predicts_as_that_model():
     small = make(expr_dim=24)                                             # a fresh projection: its classifier is new
     missing, _ = small.load_state_dict(small.initial_state(stage1.state_dict()), strict=False)
     assert "classifier.weight" in missing
+
+
+def test_param_groups_cover_every_parameter_once_with_the_new_modules_at_head_lr_mult():
+    m = build_method("pose_ada", {"head_lr_mult": 10.0, "disc_lr_mult": 2.0, "lr": 0.01})
+    groups = m.build_optimizer().param_groups
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len([p for p in m.parameters() if p.requires_grad])
+    new = {id(p) for name in m.new_modules for p in getattr(m, name).parameters()}
+    disc = {id(p) for p in [*m.disc_expr.parameters(), *m.disc_pose.parameters()]}
+    by_lr = {}
+    for g in groups:
+        by_lr.setdefault(round(g["lr"], 6), set()).update(id(p) for p in g["params"])
+    assert by_lr[0.1] == new and by_lr[0.02] == disc
+    assert {id(p) for p in m.classifier.parameters()} <= by_lr[0.01]      # loaded from stage 1: the trunk's rate
