@@ -2,7 +2,7 @@
 
 Liang, Wang, Wang, "Pose-aware Adversarial Domain Adaptation for Personalized Facial Expression Recognition",
 arXiv 2007.05932 (2020). No code was released and only the abstract is public, so everything below the abstract's
-three strategies is a design of fer-lab's, stated as an assumption (A1-A10) and switchable by a hyper-parameter.
+three strategies is a design of fer-lab's, stated as an assumption (A1-A11) and switchable by a hyper-parameter.
 
 The abstract's three strategies, as implemented:
 
@@ -63,6 +63,9 @@ Assumptions (none is from the paper; each names the hyper-parameter that switche
 * A10 identity is not given its own code: the abstract names pose and expression features only, so identity
   must live in the codes the decoder reads (mostly the pose code, which the cross-adversary keeps free of
   expression).
+* A11 the modules without a counterpart in a source-only model (pose code and classifier, cross predictors,
+  decoder) train at ``head_lr_mult`` times the rate; ``fer-lab bench`` sets 10, as new layers on a trained
+  extractor usually get (at the trunk's rate the pose classifier stayed at chance over a 100-step adaptation).
 """
 
 from __future__ import annotations
