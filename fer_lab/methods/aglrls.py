@@ -187,9 +187,7 @@ class AGLRLS(Method):
         return state
 
     def param_groups(self) -> list[dict[str, Any]]:
-        disc = {id(p) for p in self.discriminators.parameters()}
-        groups = [{**g, "params": [p for p in g["params"] if id(p) not in disc]} for g in super().param_groups()]
-        return groups + [{"params": list(self.discriminators.parameters()), "lr_mult": self.hp.disc_lr_mult}]
+        return self.regrouped([(list(self.discriminators.parameters()), self.hp.disc_lr_mult)])
 
     # -- forward pieces -----------------------------------------------------------------------------------------
     def logits(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -133,6 +133,15 @@ class Method(nn.Module):
         rest = [p for p in self.parameters() if id(p) not in ids and p.requires_grad]
         return [{"params": backbone, "lr_mult": self.hp.backbone_lr_mult}, {"params": rest, "lr_mult": 1.0}]
 
+    def regrouped(self, extra: Sequence[tuple[Sequence[nn.Parameter], float]],
+                  exclude: Sequence[nn.Parameter] = ()) -> list[dict[str, Any]]:
+        """:meth:`Method.param_groups` without the parameters of ``extra`` and ``exclude`` (e.g. those another
+        optimiser steps), then one group per ``(params, lr_mult)`` of ``extra`` (a discriminator, new heads)."""
+        extra = [(list(params), mult) for params, mult in extra]
+        taken = {id(p) for params, _ in extra for p in params} | {id(p) for p in exclude}
+        groups = [{**g, "params": [p for p in g["params"] if id(p) not in taken]} for g in Method.param_groups(self)]
+        return groups + [{"params": params, "lr_mult": mult} for params, mult in extra]
+
     def build_optimizer(self, groups: list[dict[str, Any]] | None = None) -> torch.optim.Optimizer:
         groups = groups if groups is not None else self.param_groups()
         for g in groups:

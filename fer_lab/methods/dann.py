@@ -47,9 +47,7 @@ class DANN(Method):
         return self.feature_dim
 
     def param_groups(self):
-        disc = {id(p) for p in self.discriminator.parameters()}
-        groups = [{**g, "params": [p for p in g["params"] if id(p) not in disc]} for g in super().param_groups()]
-        return groups + [{"params": list(self.discriminator.parameters()), "lr_mult": self.hp.disc_lr_mult}]
+        return self.regrouped([(list(self.discriminator.parameters()), self.hp.disc_lr_mult)])
 
     def update(self, source: SourceInput, target: Batch | None, progress: float) -> dict[str, float]:
         xs = pooled(source)

@@ -231,18 +231,11 @@ class DMSRL(Method):
         self.last_pseudo: dict[str, Tensor] = {}
 
     # -- optimisation ---------------------------------------------------------------------------------------
-    def _own(self) -> set[int]:
-        own = set(id(p) for p in self.centers.parameters())
-        if hasattr(self, "club"):
-            own |= {id(p) for p in self.club.parameters()}
-        return own
-
     def param_groups(self) -> list[dict[str, Any]]:
-        own = self._own()
+        # the centres and the CLUB estimator have optimisers of their own
+        own = [*self.centers.parameters(), *(self.club.parameters() if hasattr(self, "club") else ())]
         heads = [p for name in self.HEADS if hasattr(self, name) for p in getattr(self, name).parameters()]
-        own |= {id(p) for p in heads}
-        groups = [{**g, "params": [p for p in g["params"] if id(p) not in own]} for g in super().param_groups()]
-        return groups + [{"params": heads, "lr_mult": self.hp.head_lr_mult}]
+        return self.regrouped([(heads, self.hp.head_lr_mult)], exclude=own)
 
     def initial_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         # from another method's run (e.g. a source-only stage 1): entries of another shape (its classifier on the

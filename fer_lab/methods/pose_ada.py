@@ -195,10 +195,7 @@ class PoseADA(Method):
     def param_groups(self):
         disc = [p for m in (self.disc_expr, self.disc_pose) for p in m.parameters()]
         new = [p for name in self.new_modules for p in getattr(self, name).parameters()]
-        taken = {id(p) for p in disc + new}
-        groups = [{**g, "params": [p for p in g["params"] if id(p) not in taken]} for g in super().param_groups()]
-        return groups + [{"params": disc, "lr_mult": self.hp.disc_lr_mult},
-                         {"params": new, "lr_mult": self.hp.head_lr_mult}]
+        return self.regrouped([(disc, self.hp.disc_lr_mult), (new, self.hp.head_lr_mult)])
 
     def initial_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         # another method's run (a source-only stage 1) has a classifier on the fused stream: entries of another
