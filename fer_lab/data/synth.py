@@ -16,9 +16,12 @@ Each face is drawn from four independent groups of latent factors:
   Every unit acts on the brows/eyes, the nose or the mouth, i.e. around the five landmarks;
 * **geometry and light**: the five landmarks of a frontal face fall on the ArcFace / face.evoLVe template that
   real faces are aligned to (:data:`fer_lab.data.align.REFERENCE_5`); the head is shaded as a lit 3D surface
-  (Lambert on the head ellipsoid, ambient 0.52, a light from the front and above, turned by the domain's
+  (Lambert on the head ellipsoid, ambient 0.40, a light from the front and above, turned by the domain's
   lighting), with soft relief bumps (eye sockets, nose bridge and tip, cheeks, the shadow under the nose and the
-  lower lip, the chin) and a faint blurred skin texture;
+  lower lip, the chin, the furrows beside the nose and under the lids that AU9 pulls up) and a faint blurred
+  skin texture; hair in strands with a soft hairline a third of the face above the brows (a fringe on 12 % of
+  people), a catch-light in each eye. The ``zoom`` knob frames the face tighter than the template where a
+  dataset's crops are (FER2013's);
 * **pose**: yaw, pitch and roll in degrees. Feature points live on a cheap 3D head (a depth profile
   ``z(u) = D sqrt(1 - 0.8 u^2)`` plus feature offsets: the nose protrudes, the eyes sit back) that is rotated
   by yaw and pitch and projected orthographically, with feature widths foreshortened by the local surface
@@ -38,7 +41,7 @@ effects (light, blur, noise) are evaluated on the whole ``[B, H, W]`` grid; ever
 ears, brows, eyes, creases, nose, mouth, occluders) on a per-face window of one size for the chunk, gathered
 from the image and scattered back. Pixel-sized temporaries live in reused workspace buffers (allocating fresh
 image-sized tensors costs more than computing on them). Only arithmetic, ``sqrt``, ``abs``, ``round``,
-``min``/``max`` and ``clamp`` touch pixel tensors (no transcendental functions, whose vectorised tails could
+``min``/``max``, ``clamp`` and window means (``avg_pool2d``) touch pixel tensors (no transcendental functions, whose vectorised tails could
 differ with the thread count) and pixel noise comes from numpy's PCG64, so a given set of arguments gives
 bit-identical arrays in every process, whatever the number of threads.
 
@@ -107,12 +110,13 @@ __all__ = [
 ]
 
 #: Bump whenever the drawing, the parameter sampling or the chunking changes: it is part of the cache key.
-RENDERER_VERSION = 2
+RENDERER_VERSION = 3
 
 #: Faces rendered together; part of the noise-stream layout, so changing it changes the images.
 _CHUNK = 64
 _CLUTTER_TERMS = 3  # plaid terms of a cluttered background
 _CLUTTER_STEPS = 5  # breakpoints of each term's step profiles
+_ZOOM_CENTRE = 0.8  # the image row a zoom magnifies about: the template's mouth row (0.82), so the chin stays in
 
 # ---------------------------------------------------------------------------------------------------------
 # Expression model
@@ -148,12 +152,12 @@ def _proto(**units: float) -> list[float]:
 #: Prototype action units of each class at intensity 1, rows in EXPRESSIONS order. Neighbours share units.
 PROTOTYPES: np.ndarray = np.array([
     _proto(brow_raise=1.0, lid_raise=0.9, jaw_drop=1.0),                                          # surprise
-    _proto(brow_raise=0.4, brow_inner=0.8, brow_lower=0.7, lid_raise=1.1, lid_tight=0.2, lip_stretch=1.1,
-           upper_lip_raise=0.2, jaw_drop=0.15),                                                                        # fear
+    _proto(brow_raise=0.4, brow_inner=1.0, brow_lower=0.35, lid_raise=1.3, lid_tight=0.2, lip_stretch=1.1,
+           lip_depress=0.5, upper_lip_raise=0.2, jaw_drop=0.35),                                                      # fear
     _proto(brow_lower=0.6, lid_tight=0.5, cheek_raise=0.3, nose_wrinkle=1.0, upper_lip_raise=0.9,
            lip_depress=0.5, chin_raise=0.4),                                                                      # disgust
     _proto(cheek_raise=1.0, lid_tight=0.2, lip_pull=1.1, jaw_drop=0.3),                            # happiness
-    _proto(brow_inner=1.0, brow_lower=0.35, lid_tight=0.3, lip_depress=1.0, chin_raise=0.7),                # sadness
+    _proto(brow_inner=1.3, brow_lower=0.45, lid_tight=0.4, lip_depress=1.3, chin_raise=0.9),                # sadness
     _proto(brow_lower=1.0, lid_raise=0.35, lid_tight=0.6, nose_wrinkle=0.25, lip_press=1.0, chin_raise=0.5),    # anger
     _proto(),                                                                                     # neutral
 ], dtype=np.float64)
@@ -219,6 +223,11 @@ class SynthDomain:
     scale_jitter: float = 0.03
     #: standard deviation of the head position, as a fraction of the image size
     shift_jitter: float = 0.015
+    #: framing: 1 puts a frontal face's five landmarks on the ArcFace template, as fer-lab's aligner puts real
+    #: faces; above 1 a tighter crop, magnified about the point (0.5, 0.8) of the image, the forehead cut and the
+    #: chin kept (FER2013's 48 px web crops, which fer-lab resizes whole: about 1.27, the eyes 0.4 of the width
+    #: apart and 0.37 from the top)
+    zoom: float = 1.0
     #: strength range of a directional shading ramp across the image (0: even light; 1: strong side light)
     lighting: tuple[float, float] = (0.0, 0.1)
     #: standard deviation of the log exposure gain (the log contrast factor gets 0.7 times this)
@@ -263,11 +272,12 @@ DOMAINS: dict[str, SynthDomain] = {
         shift_jitter=0.035, lighting=(0.1, 0.6), exposure=0.12, color_cast=0.06, skin_tone=(0.0, 1.0),
         clutter=0.7, occlusion=0.25, blur=(0.0, 1.0), noise=(0.005, 0.03), images_per_subject=2,
     ),
-    # FER2013: 48x48 grey web crops, moderate pose, noise, mid-strength expressions, its own skewed prior.
+    # FER2013: 48x48 grey web crops, tighter than the template (resized whole), moderate pose, noise, mid-strength
+    # expressions, its own skewed prior.
     "lowres": SynthDomain(
         name="lowres", color=0.0, render_size=48, class_prior=_FER2013_PRIOR, intensity=(0.45, 1.0),
         au_noise=0.08, idiosyncrasy=0.06, label_noise=0.08, yaw=(0.0, 25.0), pitch=10.0, roll=8.0,
-        scale_jitter=0.06, shift_jitter=0.03, lighting=(0.1, 0.5), exposure=0.1, color_cast=0.0,
+        scale_jitter=0.06, shift_jitter=0.03, zoom=1.27, lighting=(0.1, 0.5), exposure=0.1, color_cast=0.0,
         skin_tone=(0.0, 1.0), clutter=0.35, occlusion=0.1, blur=(0.0, 0.5), noise=(0.01, 0.04),
         images_per_subject=3,
     ),
@@ -358,6 +368,8 @@ def _validate(d: SynthDomain) -> None:
         raise bad("images_per_subject", "must be >= 1")
     if d.render_size and d.render_size < 16:
         raise bad("render_size", "must be 0 or >= 16")
+    if not 0.5 <= d.zoom <= 2.0:
+        raise bad("zoom", "must lie within [0.5, 2]")
 
 
 def resolve_domain(domain: str | SynthDomain, **knob_overrides: Any) -> SynthDomain:
@@ -462,12 +474,13 @@ def _identities(seed: int, split: str, domain: SynthDomain, n_subjects: int) -> 
         "nose_w": rng_(13, 0.075, 0.105),
         "nose_p": rng_(14, 0.22, 0.34),     # nose protrusion
         "mouth_v": rng_(15, 0.42, 0.5),     # mouth below the nose tip
-        "mouth_w": rng_(16, 0.27, 0.34),
+        "mouth_w": rng_(16, 0.31, 0.37),
         "lip_u": rng_(17, 0.045, 0.07),
         "lip_l": rng_(18, 0.06, 0.09),
         "skin_t": rng_(19, lo, hi),
         "rest_au": z * domain.idiosyncrasy,
-        "hairline": rng_(33, -0.92, -0.5),
+        # the hairline a third of the face above the brows, as on most adults; 12 % wear a fringe over the forehead
+        "hairline": np.where(u[:, 39] < 0.12, rng_(33, -0.75, -0.55), rng_(33, -1.12, -0.86)),
         "hair_curve": rng_(34, 0.25, 0.8),
         "hair_part": rng_(35, -0.25, 0.25),
         "hair_len": np.where(u[:, 36] < 0.45, 0.2 + 0.3 * u[:, 36], 0.5 + 1.4 * (u[:, 36] - 0.45)),
@@ -546,6 +559,9 @@ def sample_faces(domain: SynthDomain, n: int, seed: int, split: str,
     roll = d.roll * (2 * r.random(n) - 1)
     scale = np.exp(d.scale_jitter * r.standard_normal(n))
     shift = d.shift_jitter * r.standard_normal((n, 2))
+    if d.zoom != 1.0:  # magnify about (0.5, _ZOOM_CENTRE): the head centre sits at (0.5, 0.475) + shift
+        scale = scale * d.zoom
+        shift = shift * d.zoom + np.array([0.0, (0.475 - _ZOOM_CENTRE) * (d.zoom - 1.0)])
     # appearance
     r = _rng(seed, split, d.name, "appearance")
     a = r.random((n, 24))
@@ -712,9 +728,11 @@ def face_geometry(s: dict[str, np.ndarray], size: int) -> dict[str, Any]:
         a, b = P(side * 0.035, mid_v - 0.05, 0.05), P(side * 0.045, mid_v + 0.07, 0.06)
         g["mid_creases"].append((_stroke(a, b, 0.0, np.maximum(0.014, 0.6 * px)), 0.6 * np.clip(BL, 0, 1)))
         a, b = P(side * 0.02, eye_v + 0.07, 0.12), P(side * 0.13, eye_v + 0.11, 0.08)
-        g["mid_creases"].append((_stroke(a, b, 0.0, np.maximum(0.01, 0.5 * px)), 0.4 * np.clip(NW, 0, 1)))
+        g["mid_creases"].append((_stroke(a, b, 0.0, np.maximum(0.014, 0.6 * px)), 0.7 * np.clip(NW, 0, 1)))
         a, b = P(side * 0.03, eye_v + 0.13, 0.14), P(side * 0.12, eye_v + 0.165, 0.1)
-        g["mid_creases"].append((_stroke(a, b, 0.0, np.maximum(0.009, 0.5 * px)), 0.3 * np.clip(NW, 0, 1)))
+        g["mid_creases"].append((_stroke(a, b, 0.0, np.maximum(0.012, 0.6 * px)), 0.6 * np.clip(NW, 0, 1)))
+        a, b = P(side * 0.04, eye_v + 0.19, 0.16), P(side * 0.1, eye_v + 0.22, 0.12)
+        g["mid_creases"].append((_stroke(a, b, 0.0, np.maximum(0.01, 0.5 * px)), 0.5 * np.clip(NW, 0, 1)))
     # forehead lines (brow raise, inner brow raise)
     top = eye_v - s["brow_gap"] - 0.1 * BR - 0.05
     g["forehead"] = []
@@ -761,21 +779,29 @@ def face_geometry(s: dict[str, np.ndarray], size: int) -> dict[str, Any]:
     g["teeth_up"] = (0.03 + 0.13 * LP + 0.1 * UL) * fy       # upper teeth under the upper lip (AU12, AU10)
     g["teeth_lo"] = (0.06 * LS + 0.03 * LD) * fy            # lower teeth over the lower lip (AU20, AU16)
     g["lip_u"], g["lip_l"] = s["lip_u"] * thin * fy, s["lip_l"] * thin * (1 + 0.3 * CH) * fy
+    # how square the open mouth is: lips stretched sideways (AU20) and an upper lip raised by AU10 pull the opening
+    # into a flat-topped rectangle (fear, disgust) instead of the oval of a dropped jaw
+    g["mouth_sq"] = np.clip(0.7 * LS + 0.6 * UL - 0.3 * LP, 0.0, 1.0)
     # nasolabial folds
     g["folds"] = []
     amt = np.clip(0.8 * LP + 0.7 * NW + 0.6 * UL + 0.3 * CR + 0.15, 0, 1)
     for side in (-1.0, 1.0):
         a = P(side * nw * 1.7, nose_v - 0.02, 0.1)
-        b = P(side * (mw + 0.08), corner_v + 0.07, 0.0)
+        b = P(side * (mw + 0.12), corner_v - 0.02, 0.0)  # ends beside the mouth corner
         left, right = (a, b) if side < 0 else (b, a)
         g["folds"].append((_stroke(left, right, 0.035 * np.ones_like(amt), np.maximum(0.01, 0.5 * px)), amt))
     # relief (see _shade_head): (u, v, half width, half height, relative brightness change) per bump
     relief = []
     for side, e in zip((-1.0, 1.0), g["eyes"]):
         # the eye socket, deeper under lowered brows; the cheek's apple, lifted and rounder under AU6
-        relief.append((e["u"], e["v"] - 0.03 + 0.03 * BL, e["w"] * 1.7 + 0.02, 0.17 * fy, -0.16 - 0.12 * BL))
+        relief.append((e["u"], e["v"] - 0.03 + 0.03 * BL, e["w"] * 1.7 + 0.02, 0.17 * fy, -0.26 - 0.15 * BL))
         cu_, cv_ = P(side * 0.5, eye_v + 0.4 - 0.1 * CR, 0.0)
         relief.append((cu_, cv_, 0.26 * P.fx(side * 0.5), 0.18 - 0.03 * CR, 0.04 + 0.07 * CR))
+        # AU9 pulls the skin beside the nose up: a furrow down each side of the bridge and one under the lower lid
+        fu_, fv_ = P(side * 0.16, eye_v + 0.2, 0.2)
+        relief.append((fu_, fv_, 0.08 * P.fx(side * 0.16), 0.15 * fy, -0.3 * NW))
+        ou_, ov_ = P(side * s["eye_d"], eye_v + e["lo"] / fy + 0.1, -0.05)
+        relief.append((ou_, ov_, 0.2 * P.fx(side * s["eye_d"]), 0.045 * fy, -0.22 * NW - 0.06 * CR))
     nu_, nv_ = g["nose"]
     relief.append((nu_, nv_ + 0.13, nw * 1.7, 0.05 * fy, -0.1 * np.ones_like(nu_)))           # shadow under the nose
     bu_, bv_ = P(np.zeros_like(nose_v), eye_v + 0.24, 0.5 * s["nose_p"])
@@ -1027,6 +1053,9 @@ def _draw_eye(cv: _Canvas, e: Mapping[str, np.ndarray], sl: slice, colors: Mappi
     ir_u, ir_v = _t(e["ir_u"], sl), _t(e["ir_v"], sl)
     _over(img, _alpha(_ellipse(cv, eu, ev, ir_u, ir_v), k).mul_(a_eye), colors["iris"])
     _over(img, _alpha(_ellipse(cv, eu, ev, ir_u * 0.5, ir_v * 0.5), k).mul_(a_eye), colors["pupil"])
+    # the light's reflection on the cornea, up and towards the light, a little inside the pupil's edge
+    cl = _alpha(_ellipse(cv, eu - ir_u * 0.3, ev - ir_v * 0.35, ir_u * 0.22, ir_v * 0.22), k).mul_(a_eye)
+    _over(img, cl.mul_(0.85), colors["sclera"])
     # lash line along the upper lid, thicker in the middle, flat ends at the eye corners
     lash = _t(e["lash"], sl)
     dl = torch.mul(gg, up, out=cv.buf("e0")).add_(dv).abs_()
@@ -1041,6 +1070,9 @@ def _draw_mouth(cv: _Canvas, g: Mapping[str, Any], sl: slice, colors: Mapping[st
     s, w = _chord(cv, st, "m_s", "m_w", "m_t")
     gg = torch.mul(s, s, out=cv.buf("m_g")).neg_().add_(1.0).clamp_(min=0.0)
     h = torch.sqrt(gg, out=cv.buf("m_h")).add_(gg).mul_(0.5)  # roundish profile that still ends at the corners
+    if float(np.max(g["mouth_sq"][sl])) > 0.01:                # squarer: towards gg ** 0.25, flat in the middle
+        sq = _t(g["mouth_sq"], sl)
+        h.lerp_(torch.sqrt(torch.sqrt(gg, out=cv.buf("m_q")), out=cv.buf("m_q")), sq)
     w.addcmul_(gg, st["bulge"], value=-1.0)                    # w relative to the curved lip line
     end = torch.abs(s, out=cv.buf("m_t")).sub_(1.0).mul_(st["L"])
     o_up, o_lo = _t(g["open_up"], sl), _t(g["open_lo"], sl)
@@ -1129,7 +1161,9 @@ def _box_blur(ws: _Workspace, x: torch.Tensor, name: str) -> torch.Tensor:
     return o.mul_(1.0 / 9.0)
 
 
-_AMBIENT = 0.52  # share of the skin's light that does not depend on the surface's orientation
+_AMBIENT = 0.40
+_HAIR_STRANDS = 0.08  # std of the hair's strand texture, relative to its colour
+_HAIRLINE_SHARPNESS = 20.0  # 1 / width of the hairline's ramp in face units  # share of the skin's light that does not depend on the surface's orientation
 _EXPOSURE = 0.9  # the head's brightness facing the camera, relative to its flat colour (room for highlights)
 _SKIN_TEXTURE = 0.12  # amplitude of the blurred byte field on the skin (about 1.2 % brightness std)
 
@@ -1217,8 +1251,14 @@ def _render_chunk(ws: _Workspace, s: Mapping[str, np.ndarray], g: Mapping[str, A
     torch.maximum(d, torch.neg(win.v, out=win.buf("t1")).add_(0.75), out=d)
     _over(win.img, _alpha(d, k), skin * 0.8)
     win.commit()
-    # hair behind the head
+    # hair behind the head, in strands: random bytes averaged along the vertical (streaks a tenth of the image long,
+    # a pixel wide), about +-12 % of the hair's colour
     hair_amt = _t(g["hair_amt"], sl)
+    kv = max(3, (H // 10) | 1)
+    raw = torch.from_numpy(noise_rng.integers(0, 256, (B, 1, H, W), dtype=np.uint8))
+    strands = F.avg_pool2d(ws("hair_raw", (B, 1, H, W)).copy_(raw), (kv, 1), stride=1, padding=(kv // 2, 0),
+                           count_include_pad=False)
+    hair_c = strands.sub_(127.5).mul_(_HAIR_STRANDS / 73.9 * math.sqrt(kv)).add_(1.0) * hair_c
     d_hair = _ellipse(full, _t(g["hair_u"], sl), ones * -0.12, _t(g["hair_a"], sl), _t(g["hair_b"], sl),
                       out="hair_d", tmp="t1")
     # ... cut at the hair length, and by a round notch under the head (long hair falls at the sides only)
@@ -1258,7 +1298,8 @@ def _render_chunk(ws: _Workspace, s: Mapping[str, np.ndarray], g: Mapping[str, A
     hl.mul_(hl).mul_(_t(g["hair_curve"], sl)).add_(_t(g["hairline"], sl))
     d = hl.neg_().add_(v)
     torch.maximum(d, d_hair, out=d)
-    _over(img, _alpha(d, k).mul_(hair_amt), hair_c)
+    # a soft hairline: the ramp is about 0.05 face units wide (hair thins out into the forehead), at least a pixel
+    _over(img, _alpha(d, torch.clamp(k, max=_HAIRLINE_SHARPNESS)).mul_(hair_amt), hair_c)
 
     colors = {
         "brow": col(g["brow_c"]), "sclera": col([0.94, 0.93, 0.9]), "iris": col(g["iris_c"]),
@@ -1306,7 +1347,7 @@ def _render_chunk(ws: _Workspace, s: Mapping[str, np.ndarray], g: Mapping[str, A
     win.commit()
     # nasolabial folds
     for st, amt in g["folds"]:
-        _crease_window(ws, img, frame, g, sl, [(st, amt * 0.25)])
+        _crease_window(ws, img, frame, g, sl, [(st, amt * 0.45)])
     # mouth
     m = g["mouth"]
     reach = np.maximum(g["open_up"] + g["lip_u"], g["open_lo"] + g["lip_l"])
