@@ -787,7 +787,9 @@ def face_geometry(s: dict[str, np.ndarray], size: int) -> dict[str, Any]:
     amt = np.clip(0.8 * LP + 0.7 * NW + 0.6 * UL + 0.3 * CR + 0.15, 0, 1)
     for side in (-1.0, 1.0):
         a = P(side * nw * 1.7, nose_v - 0.02, 0.1)
-        b = P(side * (mw + 0.12), corner_v - 0.02, 0.0)  # ends beside the mouth corner
+        # ends beside the mouth corner; the deeper fold of a smile or a sneer runs on below the corner's level
+        deep = np.clip((LP + NW + UL - 0.3) / 0.5, 0, 1)
+        b = P(side * (mw + 0.12 - 0.04 * deep), corner_v - 0.02 + 0.09 * deep, 0.0)
         left, right = (a, b) if side < 0 else (b, a)
         g["folds"].append((_stroke(left, right, 0.035 * np.ones_like(amt), np.maximum(0.01, 0.5 * px)), amt))
     # relief (see _shade_head): (u, v, half width, half height, relative brightness change) per bump
