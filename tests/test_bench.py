@@ -253,3 +253,13 @@ def test_starts_build_the_backbone_they_name_and_key_stage1_apart(tmp_path, monk
         BenchConfig(backbone="efficientnet_lite0", start="pretrain", **base).resolved()
     with pytest.raises(FileNotFoundError, match="'package' or a file"):
         BenchConfig(start=str(tmp_path / "none.pth"), **base).resolved()
+
+
+def test_the_default_backbone_is_the_pretrain_recipes():
+    """A ``pretrain`` start needs the backbone its recipe trains (smallcnn on tiny and smoke, resnet18 on full); other
+    starts default to smallcnn; a named backbone is kept."""
+    base = dict(methods=("source_only",), targets=("synth:lab",), seeds=(0,), oracle=False)
+    assert BenchConfig(profile="tiny", **base).resolved().backbone == "smallcnn"
+    assert BenchConfig(profile="full", **base).resolved().backbone == "resnet18"
+    assert BenchConfig(profile="full", start="scratch", **base).resolved().backbone == "smallcnn"
+    assert BenchConfig(profile="full", start="scratch", backbone="ir50", **base).resolved().backbone == "ir50"

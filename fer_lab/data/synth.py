@@ -41,9 +41,9 @@ effects (light, blur, noise) are evaluated on the whole ``[B, H, W]`` grid; ever
 ears, brows, eyes, creases, nose, mouth, occluders) on a per-face window of one size for the chunk, gathered
 from the image and scattered back. Pixel-sized temporaries live in reused workspace buffers (allocating fresh
 image-sized tensors costs more than computing on them). Only arithmetic, ``sqrt``, ``abs``, ``round``,
-``min``/``max``, ``clamp`` and window means (``avg_pool2d``) touch pixel tensors (no transcendental functions, whose vectorised tails could
-differ with the thread count) and pixel noise comes from numpy's PCG64, so a given set of arguments gives
-bit-identical arrays in every process, whatever the number of threads.
+``min``/``max``, ``clamp`` and window means (``avg_pool2d``) touch pixel tensors (no transcendental functions,
+whose vectorised tails could differ with the thread count) and pixel noise comes from numpy's PCG64, so a given
+set of arguments gives bit-identical arrays in every process, whatever the number of threads.
 
 Conventions
 -----------
@@ -1163,9 +1163,9 @@ def _box_blur(ws: _Workspace, x: torch.Tensor, name: str) -> torch.Tensor:
     return o.mul_(1.0 / 9.0)
 
 
-_AMBIENT = 0.40
+_AMBIENT = 0.40  # share of the skin's light that does not depend on the surface's orientation
 _HAIR_STRANDS = 0.08  # std of the hair's strand texture, relative to its colour
-_HAIRLINE_SHARPNESS = 20.0  # 1 / width of the hairline's ramp in face units  # share of the skin's light that does not depend on the surface's orientation
+_HAIRLINE_SHARPNESS = 20.0  # 1 / width of the hairline's ramp in face units
 _EXPOSURE = 0.9  # the head's brightness facing the camera, relative to its flat colour (room for highlights)
 _SKIN_TEXTURE = 0.12  # amplitude of the blurred byte field on the skin (about 1.2 % brightness std)
 
@@ -1254,7 +1254,7 @@ def _render_chunk(ws: _Workspace, s: Mapping[str, np.ndarray], g: Mapping[str, A
     _over(win.img, _alpha(d, k), skin * 0.8)
     win.commit()
     # hair behind the head, in strands: random bytes averaged along the vertical (streaks a tenth of the image long,
-    # a pixel wide), about +-12 % of the hair's colour
+    # a pixel wide), a standard deviation of _HAIR_STRANDS of the hair's colour
     hair_amt = _t(g["hair_amt"], sl)
     kv = max(3, (H // 10) | 1)
     raw = torch.from_numpy(noise_rng.integers(0, 256, (B, 1, H, W), dtype=np.uint8))
