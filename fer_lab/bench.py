@@ -206,10 +206,7 @@ class BenchConfig:
         if values["batch_size"] is None:
             values["batch_size"] = PROFILES[profile]["batch_size"]
         if values["backbone"] is None:
-            from fer_lab.pretrain import resolve_pretrain
-
-            values["backbone"] = (resolve_pretrain(profile)[1].backbone if values["start"] == "pretrain"
-                                  else "smallcnn")
+            values["backbone"] = _recipe_backbone(profile) if values["start"] == "pretrain" else "smallcnn"
         from fer_lab.data.spec import split_specs
 
         values["source"] = split_specs(values["source"])
@@ -236,12 +233,11 @@ class BenchConfig:
 
         name = parse_backbone_spec(self.backbone)[0]
         if self.start == "package" and name not in PACKAGED_WEIGHTS:
+            known = ", ".join(f"{k}: {v}" for k, v in PACKAGED_WEIGHTS.items())
             raise ValueError(f"bench start 'package': backbone {self.backbone!r} ships no weights in a package "
-                             f"(backbones that do: {', '.join(PACKAGED_WEIGHTS)})")
+                             f"(backbones that do: {known})")
         if self.start == "pretrain":
-            from fer_lab.pretrain import resolve_pretrain
-
-            recipe = resolve_pretrain(self.profile)[1].backbone
+            recipe = _recipe_backbone(self.profile)
             if name != recipe:
                 raise ValueError(f"bench start 'pretrain': the {self.profile} recipe trains a {recipe}, not "
                                  f"{self.backbone!r}; use --start scratch, package or a weights file of that backbone")
@@ -262,6 +258,13 @@ class BenchConfig:
         if self.oracle:
             rows.append(Row("oracle", "source_only", {}, oracle=True))
         return rows
+
+
+def _recipe_backbone(profile: str) -> str:
+    """The backbone ``fer-lab pretrain``'s recipe for ``profile`` trains (the only one a ``pretrain`` start fits)."""
+    from fer_lab.pretrain import resolve_pretrain
+
+    return resolve_pretrain(profile)[1].backbone
 
 
 def _slug(text: str) -> str:
