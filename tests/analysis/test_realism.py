@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from fer_lab.analysis.realism import rate_faces, rate_synthfer
+from fer_lab.analysis.realism import PHOTO_CLASSIFIERS, photo_classifier, rate_faces, rate_synthfer
 from fer_lab.labels import NUM_CLASSES
 
 
@@ -27,7 +27,17 @@ def test_rating_counts_on_constructed_predictions():
     assert "acc  71.4 %" in r.line()
 
 
-def test_synthfer_is_rated_by_the_photograph_model():
+def test_synthfer_is_rated_by_both_photograph_models():
     pytest.importorskip("h5py")
-    (r,) = rate_synthfer(("lab",), n=14, size=48)
-    assert r.domain == "lab" and r.n == 14 and r.confusion.sum() == 14 and 0 <= r.accuracy <= 1
+    out = rate_synthfer(("lab", "wild"), n=14, size=48, classifiers=tuple(PHOTO_CLASSIFIERS))
+    assert list(out) == ["mini-xception", "cnn48"]
+    for ratings in out.values():
+        assert [r.domain for r in ratings] == ["lab", "wild"]
+        assert all(r.n == 14 and r.confusion.sum() == 14 and 0 <= r.accuracy <= 1 for r in ratings)
+    # one render per domain: both classifiers rated the same faces (same labels, so the same class counts)
+    np.testing.assert_array_equal(out["mini-xception"][0].confusion.sum(1), out["cnn48"][0].confusion.sum(1))
+
+
+def test_an_unknown_classifier_is_named():
+    with pytest.raises(ValueError, match=r"unknown photograph classifier 'vgg'.*mini-xception, cnn48"):
+        photo_classifier("vgg")
