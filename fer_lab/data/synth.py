@@ -110,7 +110,7 @@ __all__ = [
 ]
 
 #: Bump whenever the drawing, the parameter sampling or the chunking changes: it is part of the cache key.
-RENDERER_VERSION = 3
+RENDERER_VERSION = 4
 
 #: Faces rendered together; part of the noise-stream layout, so changing it changes the images.
 _CHUNK = 64
@@ -138,6 +138,7 @@ ACTION_UNITS: tuple[str, ...] = (
     "lip_press",        # AU23/24 lips pressed thin
     "jaw_drop",         # AU25-27 mouth open, jaw down
     "chin_raise",       # AU17   chin boss and lower lip pushed up (pout), a shadow under the lip
+    "lower_lip_depress",  # AU16 lower lip pulled down and everted, lower teeth show, a squarer opening
 )
 _AU = {name: i for i, name in enumerate(ACTION_UNITS)}
 
@@ -154,8 +155,8 @@ PROTOTYPES: np.ndarray = np.array([
     _proto(brow_raise=1.0, lid_raise=0.9, jaw_drop=1.0),                                          # surprise
     _proto(brow_raise=0.4, brow_inner=1.0, brow_lower=0.35, lid_raise=1.3, lid_tight=0.2, lip_stretch=1.1,
            lip_depress=0.5, upper_lip_raise=0.2, jaw_drop=0.35),                                                      # fear
-    _proto(brow_lower=0.6, lid_tight=0.5, cheek_raise=0.3, nose_wrinkle=1.0, upper_lip_raise=0.9,
-           lip_depress=0.5, chin_raise=0.4),                                                                      # disgust
+    _proto(brow_lower=0.5, lid_tight=0.7, cheek_raise=0.6, nose_wrinkle=1.0, upper_lip_raise=0.9,
+           lip_depress=1.2, lower_lip_depress=0.9, jaw_drop=0.25),                                                # disgust
     _proto(cheek_raise=1.0, lid_tight=0.2, lip_pull=1.1, jaw_drop=0.3),                            # happiness
     _proto(brow_inner=1.3, brow_lower=0.45, lid_tight=0.4, lip_depress=1.3, chin_raise=0.9),                # sadness
     _proto(brow_lower=1.0, lid_raise=0.35, lid_tight=0.6, nose_wrinkle=0.25, lip_press=1.0, chin_raise=0.5),    # anger
@@ -644,6 +645,12 @@ def _stroke(p0, p1, bulge, t0, t1=None) -> dict[str, np.ndarray]:
             "L": length / 2, "bulge": bulge, "t0": t0, "t1": t1}
 
 
+#: the nasolabial fold's half width and the width over which its shadow fades out, in face units (a fold is a
+#: soft furrow about 3 px wide at 112 px, not a drawn line: a one-pixel line vanishes at the 48-64 px that
+#: expression models see)
+_FOLD_WIDTH, _FOLD_SOFT = 0.025, 0.05
+
+
 def face_geometry(s: dict[str, np.ndarray], size: int) -> dict[str, Any]:
     """Drawing parameters (face frame, after yaw/pitch) and the frame transform for images of ``size`` px.
 
@@ -656,7 +663,7 @@ def face_geometry(s: dict[str, np.ndarray], size: int) -> dict[str, Any]:
     LR, LT, CR = au["lid_raise"], au["lid_tight"], au["cheek_raise"]
     NW, UL, LP = au["nose_wrinkle"], au["upper_lip_raise"], au["lip_pull"]
     LD, LS, PR, JD = au["lip_depress"], au["lip_stretch"], au["lip_press"], au["jaw_drop"]
-    CH = au["chin_raise"]
+    CH, LL = au["chin_raise"], au["lower_lip_depress"]
     P = _Pose(s["yaw"], s["pitch"])
     sy = P.sy
     fy = P.fy
@@ -685,8 +692,9 @@ def face_geometry(s: dict[str, np.ndarray], size: int) -> dict[str, Any]:
     g["hair_curve"], g["hair_part"] = s["hair_curve"], s["hair_part"] + 0.5 * sy
     # eyes
     eye_v = s["eye_v"]
-    open_up = s["eye_h"] * np.clip(1 + 1.4 * LR - 0.45 * LT - 0.4 * BI - 0.2 * CR - 0.25 * BL, 0.45, None)
-    open_lo = s["eye_h"] * np.clip(1.0 + 0.45 * LR - 0.7 * CR - 0.35 * LT, 0.4, None)
+    # AU9 narrows the eyes: it pulls the skin beside the nose up and bunches it under the lower lids
+    open_up = s["eye_h"] * np.clip(1 + 1.4 * LR - 0.45 * LT - 0.4 * BI - 0.2 * CR - 0.25 * BL - 0.35 * NW, 0.2, None)
+    open_lo = s["eye_h"] * np.clip(1.0 + 0.45 * LR - 0.7 * CR - 0.35 * LT - 0.6 * NW, 0.15, None)
     g["eyes"] = []
     g["brows"] = []
     g["eye_creases"] = []  # (stroke, strength) under each eye (cheek raise)
@@ -774,14 +782,14 @@ def face_geometry(s: dict[str, np.ndarray], size: int) -> dict[str, Any]:
     st["bulge"] = -(mc[0] - st["mu"]) * st["cv"] + (mc[1] - st["mv"]) * st["cu"]
     g["mouth"] = st
     g["open_up"] = (0.035 * JD + 0.1 * UL + 0.05 * LP + 0.025 * LS) * fy
-    g["open_lo"] = (0.22 * JD + 0.09 * LP + 0.08 * LS + 0.01 * UL) * fy
+    g["open_lo"] = (0.22 * JD + 0.09 * LP + 0.08 * LS + 0.01 * UL + 0.12 * LL) * fy
     thin = np.clip(1 - 0.75 * PR - 0.3 * LS - 0.35 * LP - 0.2 * JD, 0.15, None)
     g["teeth_up"] = (0.03 + 0.13 * LP + 0.1 * UL) * fy       # upper teeth under the upper lip (AU12, AU10)
-    g["teeth_lo"] = (0.06 * LS + 0.03 * LD) * fy            # lower teeth over the lower lip (AU20, AU16)
-    g["lip_u"], g["lip_l"] = s["lip_u"] * thin * fy, s["lip_l"] * thin * (1 + 0.3 * CH) * fy
+    g["teeth_lo"] = (0.06 * LS + 0.03 * LD + 0.07 * LL) * fy  # lower teeth over the lower lip (AU20, AU16)
+    g["lip_u"], g["lip_l"] = s["lip_u"] * thin * fy, s["lip_l"] * thin * (1 + 0.3 * CH + 0.3 * LL) * fy
     # how square the open mouth is: lips stretched sideways (AU20) and an upper lip raised by AU10 pull the opening
     # into a flat-topped rectangle (fear, disgust) instead of the oval of a dropped jaw
-    g["mouth_sq"] = np.clip(0.7 * LS + 0.6 * UL - 0.3 * LP, 0.0, 1.0)
+    g["mouth_sq"] = np.clip(0.7 * LS + 0.6 * UL + 0.5 * LL - 0.3 * LP, 0.0, 1.0)
     # nasolabial folds
     g["folds"] = []
     amt = np.clip(0.8 * LP + 0.7 * NW + 0.6 * UL + 0.3 * CR + 0.15, 0, 1)
@@ -791,7 +799,7 @@ def face_geometry(s: dict[str, np.ndarray], size: int) -> dict[str, Any]:
         deep = np.clip((LP + NW + UL - 0.3) / 0.5, 0, 1)
         b = P(side * (mw + 0.12 - 0.04 * deep), corner_v - 0.02 + 0.09 * deep, 0.0)
         left, right = (a, b) if side < 0 else (b, a)
-        g["folds"].append((_stroke(left, right, 0.035 * np.ones_like(amt), np.maximum(0.01, 0.5 * px)), amt))
+        g["folds"].append((_stroke(left, right, 0.035 * np.ones_like(amt), np.maximum(_FOLD_WIDTH, 0.5 * px)), amt))
     # relief (see _shade_head): (u, v, half width, half height, relative brightness change) per bump
     relief = []
     for side, e in zip((-1.0, 1.0), g["eyes"]):
@@ -811,7 +819,7 @@ def face_geometry(s: dict[str, np.ndarray], size: int) -> dict[str, Any]:
     relief.append((nu_ - 0.1 * sy, nv_ - 0.02, nw * 1.2, 0.12 * fy, 0.05 * np.ones_like(nu_)))  # its tip
     chin_u, chin_v = P(np.zeros_like(mouth_v), mouth_v + 0.2 + 0.2 * JD, 0.0)
     relief.append((mc[0], mc[1] + g["open_lo"] + s["lip_l"] + 0.07, mw * 0.55, 0.045 * fy,
-                   -0.18 - 0.15 * CH))                                                            # under the lower lip
+                   -0.18 - 0.15 * CH - 0.1 * LL))                                                 # under the lower lip
     relief.append((chin_u, chin_v + 0.1 - 0.05 * CH, 0.3, 0.14 * fy, 0.06 + 0.08 * CH))          # the chin
     n_faces = len(sy)
     g["relief"] = [tuple(np.broadcast_to(np.asarray(x, np.float64), (n_faces,)).copy() for x in bump)
@@ -1013,15 +1021,17 @@ def _stroke_d(cv: _Canvas, st, out: str = "st_d") -> torch.Tensor:
     return torch.maximum(w, s.abs_().sub_(1.0).mul_(st["L"]), out=w)
 
 
-def _crease_layer(cv: _Canvas, items: list, sl: slice) -> torch.Tensor | None:
-    """Union (max) of stroke coverages, each scaled by its per-face strength; None if all are ~0."""
+def _crease_layer(cv: _Canvas, items: list, sl: slice, soft: float = 0.0) -> torch.Tensor | None:
+    """Union (max) of stroke coverages, each scaled by its per-face strength; None if all are ~0. ``soft`` > 0
+    widens each edge's ramp to that many face units (a shadow that fades out instead of a drawn line)."""
     acc = None
+    k = cv.k if soft <= 0 else torch.clamp(cv.k, max=1.0 / soft)
     for st, amt in items:
         amt = np.asarray(amt, np.float64)
         amt = np.full(sl.stop - sl.start, float(amt)) if amt.ndim == 0 else amt[sl]
         if float(np.max(amt)) <= 0.01:
             continue
-        a = _alpha(_stroke_d(cv, _stroke_t(st, sl)), cv.k).mul_(_t(amt, slice(None)))
+        a = _alpha(_stroke_d(cv, _stroke_t(st, sl)), k).mul_(_t(amt, slice(None)))
         if acc is None:
             acc = cv.buf("crease").copy_(a)
         else:
@@ -1100,7 +1110,7 @@ def _draw_mouth(cv: _Canvas, g: Mapping[str, Any], sl: slice, colors: Mapping[st
 
 
 def _crease_window(ws: _Workspace, img: torch.Tensor, frame: Mapping[str, Any], g: Mapping[str, Any], sl: slice,
-                   items: list) -> None:
+                   items: list, soft: float = 0.0) -> None:
     """Darken along strokes (skin folds) in one window; skipped when no face of the chunk shows them."""
     if all(float(np.max(np.asarray(amt)[sl])) <= 0.01 for _, amt in items):
         return
@@ -1109,8 +1119,8 @@ def _crease_window(ws: _Workspace, img: torch.Tensor, frame: Mapping[str, Any], 
         a, b = _stroke_pts(st)
         pu += a
         pv += b
-    win = _Window(ws, img, _bbox(g, sl, pu, pv, 0.02), frame)
-    crease = _crease_layer(win, items, sl)
+    win = _Window(ws, img, _bbox(g, sl, pu, pv, 0.02 + soft), frame)
+    crease = _crease_layer(win, items, sl, soft)
     if crease is not None:
         _darken(win.img, crease)
     win.commit()
@@ -1349,7 +1359,7 @@ def _render_chunk(ws: _Workspace, s: Mapping[str, np.ndarray], g: Mapping[str, A
     win.commit()
     # nasolabial folds
     for st, amt in g["folds"]:
-        _crease_window(ws, img, frame, g, sl, [(st, amt * 0.45)])
+        _crease_window(ws, img, frame, g, sl, [(st, amt * 0.45)], _FOLD_SOFT)
     # mouth
     m = g["mouth"]
     reach = np.maximum(g["open_up"] + g["lip_u"], g["open_lo"] + g["lip_l"])

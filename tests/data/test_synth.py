@@ -327,10 +327,19 @@ def test_landmark_order(frontal):
     assert (lm[:, :2, 1].max(1) < lm[:, 2, 1]).all() and (lm[:, 2, 1] < lm[:, 3:, 1].min(1)).all()
 
 
+def assert_dark_under_eye_landmarks(images: np.ndarray, landmarks: np.ndarray, labels: np.ndarray) -> None:
+    """The pixel under each eye landmark is the pupil's (nearly black); on disgust faces AU9 narrows the eyes to
+    slits whose lids meet over the pupil (the landmark stays the eye centre), so it is the dark lash line."""
+    dark = pupil_darkness(images, landmarks).reshape(-1, 2)
+    squint = labels == EXPRESSIONS.index("disgust")
+    assert squint.any() and dark[~squint].max() < 60
+    assert dark[squint].max() < 90
+
+
 def test_eye_landmarks_sit_on_the_pupils(frontal):
     err = pupil_errors(frontal.images, frontal.landmarks)
     assert err.max() < 1.5 and err.mean() < 0.6
-    assert pupil_darkness(frontal.images, frontal.landmarks).max() < 60
+    assert_dark_under_eye_landmarks(frontal.images, frontal.landmarks, frontal.labels)
 
 
 def test_nose_landmark_is_above_the_nostrils(frontal):
@@ -354,7 +363,7 @@ def test_landmarks_follow_a_horizontal_flip(frontal, neutral):
         assert (lm[:, 0, 0] < lm[:, 1, 0]).all() and (lm[:, 3, 0] < lm[:, 4, 0]).all()
         if check == "eyes":
             assert pupil_errors(images, lm).max() < 1.5
-            assert pupil_darkness(images, lm).max() < 60
+            assert_dark_under_eye_landmarks(images, lm, d.labels)
         else:
             assert np.abs(mouth_end_errors(images, lm)).max() < 1.0
 
@@ -364,7 +373,7 @@ def test_landmarks_follow_a_crop(frontal):
     images = frontal.images[:, y0:y0 + h, x0:x0 + w]
     lm = frontal.landmarks - np.array([x0, y0], np.float32)
     assert pupil_errors(images, lm).max() < 1.5
-    assert pupil_darkness(images, lm).max() < 60
+    assert_dark_under_eye_landmarks(images, lm, frontal.labels)
     # the uncropped landmarks are off by the crop offset, so they miss the pupils
     assert np.median(pupil_darkness(images, frontal.landmarks)) > 100
 
