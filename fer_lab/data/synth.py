@@ -7,8 +7,9 @@ Each face is drawn from four independent groups of latent factors:
   size, brow thickness and arch, nose length/width/depth, mouth width and lip thickness, skin tone, iris, lip
   and hair colour, hair style, clothing, and a small personal "resting face" offset of the action units;
 * **expression**: a class from :data:`fer_lab.labels.EXPRESSIONS` and an intensity in [0, 1]. The class fixes a
-  prototype vector of 14 action-unit parameters (:data:`ACTION_UNITS`, the EMFACS prototypes: happiness AU6+12,
-  sadness AU1+4+15+17, surprise AU1+2+5+26, fear AU1+2+4+5+20(+26), anger AU4+5+7+23(+17), disgust AU9+10+15+17;
+  prototype vector of 15 action-unit parameters (:data:`ACTION_UNITS`, the EMFACS prototypes: happiness AU6+12,
+  sadness AU1+4+15+17, surprise AU1+2+5+26, fear AU1+2+4+5+20(+26), anger AU4+5+7+23(+17), disgust
+  AU9+10+15+16+25 with the AU4/6/7 squint that AU9 brings;
   :data:`VARIANTS` adds a teeth-baring anger and a closed-lips smile for a share of those classes); the face
   shows ``intensity * prototype + personal offset + per-image jitter``. Neighbouring classes share units
   (fear and surprise both raise brows and lids and drop the jaw; anger and disgust both lower brows and
