@@ -32,5 +32,6 @@ start=$(date +%s)
 bench_end=$(date +%s)
 .venv/bin/fer-lab notebooks run --profile "$PROFILE" --device "$DEVICE" --out reports/notebooks \
   --bench-dir "$PWD/reports/bench" --lanes "$LANES" $quick_flag
+.venv/bin/fer-lab synth gallery --out reports/synth
 end=$(date +%s)
 echo "main job: bench $((bench_end - start)) s, notebooks $((end - bench_end)) s, total $((end - start)) s"
