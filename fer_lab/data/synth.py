@@ -154,8 +154,8 @@ def _proto(**units: float) -> list[float]:
 #: Prototype action units of each class at intensity 1, rows in EXPRESSIONS order. Neighbours share units.
 PROTOTYPES: np.ndarray = np.array([
     _proto(brow_raise=1.0, lid_raise=0.9, jaw_drop=1.0),                                          # surprise
-    _proto(brow_raise=0.4, brow_inner=1.0, brow_lower=0.35, lid_raise=1.3, lid_tight=0.2, lip_stretch=1.1,
-           lip_depress=0.5, upper_lip_raise=0.2, jaw_drop=0.35),                                                      # fear
+    _proto(brow_raise=0.4, brow_inner=1.0, brow_lower=0.35, lid_raise=1.3, lid_tight=0.2, lip_stretch=1.4,
+           lip_depress=0.5, upper_lip_raise=0.2, jaw_drop=0.6),                                                       # fear
     _proto(brow_lower=0.5, lid_tight=0.7, cheek_raise=0.6, nose_wrinkle=1.0, upper_lip_raise=0.9,
            lip_depress=1.2, lower_lip_depress=0.9, jaw_drop=0.25),                                                # disgust
     _proto(cheek_raise=1.0, lid_tight=0.2, lip_pull=1.1, jaw_drop=0.3),                            # happiness
@@ -731,11 +731,12 @@ def face_geometry(s: dict[str, np.ndarray], size: int) -> dict[str, Any]:
             left, right = (b, a) if side < 0 else (a, b)
             creases.append((_stroke(left, right, 0.0, np.maximum(0.008, 0.5 * px)), 0.25 * np.clip(CR - 0.3, 0, 1)))
         g["eye_creases"].append(creases)
-    # glabella lines (brow lowering) and bunny lines (nose wrinkle)
+    # glabella lines (brow lowering: deep vertical furrows, drawn wide enough to survive 48 px) and bunny lines (nose
+    # wrinkle)
     mid_v = eye_v - s["brow_gap"] + 0.08 * BL
     for side in (-1.0, 1.0):
         a, b = P(side * 0.035, mid_v - 0.05, 0.05), P(side * 0.045, mid_v + 0.07, 0.06)
-        g["mid_creases"].append((_stroke(a, b, 0.0, np.maximum(0.014, 0.6 * px)), 0.6 * np.clip(BL, 0, 1)))
+        g["mid_creases"].append((_stroke(a, b, 0.0, np.maximum(0.025, 0.6 * px)), 0.6 * np.clip(BL, 0, 1)))
         a, b = P(side * 0.02, eye_v + 0.07, 0.12), P(side * 0.13, eye_v + 0.11, 0.08)
         g["mid_creases"].append((_stroke(a, b, 0.0, np.maximum(0.014, 0.6 * px)), 0.7 * np.clip(NW, 0, 1)))
         a, b = P(side * 0.03, eye_v + 0.13, 0.14), P(side * 0.12, eye_v + 0.165, 0.1)
