@@ -7,6 +7,7 @@
 #   2. every numbered notebook executed with papermill, two at a time on a CPU -> reports/notebooks/ (executed
 #      .ipynb + HTML + summary), without their optional sections (ablations, extra tables: fer_lab.notebooks.QUICK);
 #      the notebooks' own benches reuse the cells and stage-1 runs of step 1 (bench_dir=reports/bench)
+#   3. the SynthFER gallery, one PNG per domain, a row per class -> reports/synth/
 # PROFILE (auto: smoke on CPU, full on CUDA), DEVICE (auto) and WORKERS (2) select the budget, device and pool;
 # QUICK (auto: on for the CPU, off for CUDA; 1 or 0) the notebooks' cuts; LANES (auto: WORKERS on the CPU, 1 on CUDA)
 # how many notebooks run at once (each kernel one thread, one bench worker).
@@ -32,6 +33,7 @@ start=$(date +%s)
 bench_end=$(date +%s)
 .venv/bin/fer-lab notebooks run --profile "$PROFILE" --device "$DEVICE" --out reports/notebooks \
   --bench-dir "$PWD/reports/bench" --lanes "$LANES" $quick_flag
+notebooks_end=$(date +%s)
 .venv/bin/fer-lab synth gallery --out reports/synth
 end=$(date +%s)
-echo "main job: bench $((bench_end - start)) s, notebooks $((end - bench_end)) s, total $((end - start)) s"
+echo "main job: bench $((bench_end - start)) s, notebooks $((notebooks_end - bench_end)) s, gallery $((end - notebooks_end)) s, total $((end - start)) s"

@@ -138,10 +138,15 @@ def rate_synthfer(domains: Sequence[str] = ("lab", "wild", "lowres", "profile"),
 
     chosen = {name: photo_classifier(name) for name in classifiers}
     models = {name: c.load() for name, c in chosen.items()}
+    detector = None
+    if any(c.crop == "box" for c in chosen.values()):
+        from fer_lab.data.align import MTCNNDetector
+
+        detector = MTCNNDetector()
     out: dict[str, list[PhotoModelRating]] = {name: [] for name in classifiers}
     for dom in domains:
         data = make_synthfer(dom, n=n, size=size, seed=seed, split=split, cache=False)
-        boxes = face_boxes(data.images) if any(c.crop == "box" for c in chosen.values()) else None
+        boxes = face_boxes(data.images, detector) if detector is not None else None
         for name, model in models.items():
             out[name].append(rate_faces(data.images, data.labels, model, dom,
                                         boxes=boxes if chosen[name].crop == "box" else None))

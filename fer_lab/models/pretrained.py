@@ -46,6 +46,7 @@ __all__ = [
     "EfficientNetLite",
     "FER_CNN48",
     "FerCNN48",
+    "fer2013_input",
     "load_fer_cnn48",
     "MissingWeightsPackage",
     "PackagedWeights",
@@ -744,8 +745,8 @@ class FerCNN48(nn.Module):
     """The package's ``NetworkV2(in_c=1, nl=32, out_f=7)``: ``forward(images [B,3,S,S] in [0,1]) -> scores [B,7]``
     in :data:`fer_lab.labels.EXPRESSIONS` order. The network ends in a sigmoid; the scores are its input (the
     same argmax, and a softmax of them reads as probabilities). Images are turned to greyscale (ITU-R 601 luma,
-    OpenCV's), resized to 48 x 48 with antialiasing and scaled to [-1, 1], the package's preprocessing (it
-    crops the MTCNN box first; fer-lab feeds the aligned face whole, as for :class:`MiniXception`)."""
+    OpenCV's), resized to 48 x 48 with antialiasing and scaled to [-1, 1], the package's preprocessing; the
+    package crops the MTCNN face box first, and so does :mod:`fer_lab.analysis.realism` before calling this."""
 
     def __init__(self, width: int = 32):
         super().__init__()

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from fer_lab.analysis.realism import PHOTO_CLASSIFIERS, photo_classifier, rate_faces, rate_synthfer
+from fer_lab.analysis.realism import PHOTO_CLASSIFIERS, face_boxes, photo_classifier, rate_faces, rate_synthfer
+from fer_lab.data.align import Detections
 from fer_lab.labels import NUM_CLASSES
 
 
@@ -44,6 +45,38 @@ def test_boxes_crop_each_face_and_a_face_not_found_counts_wrong():
     assert whole.found == 1.0 and whole.accuracy == 0.0
     with pytest.raises(ValueError, match="3 boxes for 4 faces"):
         rate_faces(images, labels, _Says(), boxes=boxes[:3])
+
+
+class _Finds:
+    """A detector that returns the given boxes (or nothing) for each image, best first."""
+
+    def __init__(self, per_image):
+        self.per_image = list(per_image)
+        self.calls = 0
+
+    def detect(self, images):
+        out = []
+        for _ in range(len(images)):
+            boxes = self.per_image[self.calls]
+            self.calls += 1
+            if not boxes:
+                out.append(Detections.empty())
+                continue
+            b = np.asarray(boxes, np.float32)
+            out.append(Detections(b, np.linspace(0.99, 0.9, len(b)).astype(np.float32),
+                                  np.zeros((len(b), 5, 2), np.float32)))
+        return out
+
+
+def test_face_boxes_clip_round_and_drop_what_cannot_be_cropped():
+    images = np.zeros((5, 20, 30, 3), np.uint8)
+    det = _Finds([[(2.4, 3.6, 12.5, 15.2), (0, 0, 30, 20)],   # the best box is taken, rounded
+                  [(-5.0, -2.0, 40.0, 25.0)],                  # clipped to the image
+                  [],                                          # no face
+                  [(10.0, 10.0, 12.0, 18.0)],                  # 2 px wide: too small to crop
+                  [(28.0, 5.0, 35.0, 15.0)]])                  # clipped to 2 px: too small
+    assert face_boxes(images, det, batch=2) == [(2, 4, 12, 15), (0, 0, 30, 20), None, None, None]
+    assert det.calls == 5
 
 
 def test_synthfer_is_rated_by_both_photograph_models():

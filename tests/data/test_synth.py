@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fer_lab.data import synth as S
 from fer_lab.data.spec import load_dataset
@@ -383,3 +384,57 @@ def test_landmarks_sit_on_the_pupils_under_pose_and_roll():
     near_eye = np.where(d.pose[:, 0] > 0, 0, 1)  # the eye turned towards the camera is the less foreshortened
     err = pupil_errors(d.images, d.landmarks, rows=(0, 1)).reshape(-1, 2)
     assert err[np.arange(30), near_eye].max() < 1.5
+
+
+# --- v4's action units and soft furrows, on the drawing parameters ------------------------------------------
+
+def _faces_with(units: dict[str, float], n: int = 6):
+    s = S.sample_faces(S.resolve_domain("lab"), n=n, seed=0, split="test")
+    s["au"][:] = 0.0
+    for name, value in units.items():
+        s["au"][:, S.ACTION_UNITS.index(name)] = value
+    return s
+
+
+def test_au16_pulls_the_lower_lip_down_and_shows_the_lower_teeth():
+    assert S.ACTION_UNITS[-1] == "lower_lip_depress" and len(S.ACTION_UNITS) == S.PROTOTYPES.shape[1] == 15
+    rest, au16 = S.face_geometry(_faces_with({}), 112), S.face_geometry(_faces_with({"lower_lip_depress": 1.0}), 112)
+    assert (au16["open_lo"] > rest["open_lo"] + 0.05).all() and (au16["teeth_lo"] > rest["teeth_lo"] + 0.03).all()
+    np.testing.assert_allclose(au16["lip_l"] / rest["lip_l"], 1.3)
+    np.testing.assert_allclose(au16["mouth_sq"], 0.5)
+    np.testing.assert_allclose(au16["mouth_l"][0], rest["mouth_l"][0])   # the corners stay where they were
+    assert S.PROTOTYPES[EXPRESSIONS.index("disgust"), -1] > 0.5
+    assert (S.PROTOTYPES[[EXPRESSIONS.index(e) for e in EXPRESSIONS if e != "disgust"], -1] == 0).all()
+
+
+def test_au9_narrows_the_eyes_down_to_a_slit():
+    rest = S.face_geometry(_faces_with({}), 112)
+    for nw, up, lo in ((1.0, 0.65, 0.4), (1.25, 0.5625, 0.25)):
+        g = S.face_geometry(_faces_with({"nose_wrinkle": nw}), 112)
+        for e, e0 in zip(g["eyes"], rest["eyes"]):
+            np.testing.assert_allclose(e["up"] / e0["up"], up, rtol=1e-6)
+            np.testing.assert_allclose(e["lo"] / e0["lo"], lo, rtol=1e-6)
+    g = S.face_geometry(_faces_with({"nose_wrinkle": 1.25, "cheek_raise": 1.25, "lid_tight": 1.25}), 112)
+    for e, e0 in zip(g["eyes"], rest["eyes"]):        # the floors: a slit, never a closed eye
+        np.testing.assert_allclose(e["up"] / e0["up"], 0.2, rtol=1e-6)
+        np.testing.assert_allclose(e["lo"] / e0["lo"], 0.15, rtol=1e-6)
+
+
+def _line_coverage(k: float, soft: float) -> np.ndarray:
+    """Coverage across a horizontal crease of half width 0.01 at v = 0, sampled every 0.005 face units."""
+    ws = S._Workspace()
+    v = torch.arange(-0.1, 0.1001, 0.005, dtype=torch.float32).view(1, -1, 1)
+    u = torch.zeros_like(v)
+    st = S._stroke((np.array([-0.5]), np.array([0.0])), (np.array([0.5]), np.array([0.0])), 0.0, np.array([0.01]))
+    cv = S._Canvas(ws, torch.zeros(1, 1, v.shape[1], 1), u, v, torch.full((1, 1, 1), k))
+    return S._crease_layer(cv, [(st, np.ones(1))], slice(0, 1), soft)[0, :, 0].numpy().copy()
+
+
+def test_a_soft_crease_fades_out_over_its_width():
+    sharp, soft = _line_coverage(41.0, 0.0), _line_coverage(41.0, 0.05)
+    v = np.arange(-0.1, 0.1001, 0.005)
+    at = lambda d: int(np.argmin(np.abs(v - d)))
+    assert sharp[at(0.03)] == 0.0 and 0.0 < soft[at(0.03)] < soft[at(0.02)] < soft[at(0.0)]
+    assert soft[at(0.04)] == pytest.approx(0.0, abs=1e-6)        # half the ramp beyond the half width: gone
+    assert soft[at(0.0)] < sharp[at(0.0)] - 0.1                  # a shadow, fainter than a drawn line
+    np.testing.assert_allclose(_line_coverage(10.0, 0.05), _line_coverage(10.0, 0.0))  # a pixel wider than the ramp

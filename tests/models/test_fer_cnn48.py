@@ -13,6 +13,9 @@ from fer_lab.models.pretrained import FER2013_TO_CANONICAL, FER_CNN48, MissingWe
     load_fer_cnn48
 
 FER2013 = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+#: FER2013's names in fer-lab's (written out, not derived from the mapping under test)
+CANONICAL = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": "happiness", "sad": "sadness",
+             "surprise": "surprise", "neutral": "neutral"}
 
 
 @pytest.fixture(scope="module")
@@ -51,20 +54,26 @@ def test_columns_are_in_canonical_order_and_weights_are_frozen(model):
         raw = model.fer2013_scores(torch.nn.functional.interpolate(grey, size=(48, 48), mode="bilinear",
                                                                    align_corners=False, antialias=True) * 2 - 1)
     assert scores.shape == (3, len(EXPRESSIONS))
-    for canon, fer_idx in enumerate(np.argsort(FER2013_TO_CANONICAL)):
-        torch.testing.assert_close(scores[:, canon], raw[:, fer_idx])
-    torch.testing.assert_close(scores[:, EXPRESSIONS.index("disgust")], raw[:, FER2013.index("disgust")])
+    for fer_idx, name in enumerate(FER2013):
+        torch.testing.assert_close(scores[:, EXPRESSIONS.index(CANONICAL[name])], raw[:, fer_idx])
+    assert len(FER2013_TO_CANONICAL) == len(EXPRESSIONS)
     assert not model.training and not any(p.requires_grad for p in model.parameters())
 
 
-def test_an_aligned_smiling_photograph_is_happiness(model):
-    """scikit-image's astronaut photograph (Eileen Collins, smiling), aligned by MTCNN to the 112 px template."""
+def test_a_smiling_photograph_is_happiness_through_the_rating_pipeline(model):
+    """scikit-image's astronaut photograph (Eileen Collins, smiling), aligned by MTCNN to the 112 px template, then
+    cropped to its MTCNN face box as the rating does (:func:`fer_lab.analysis.realism.face_boxes`)."""
     data = pytest.importorskip("skimage.data")
+    from fer_lab.analysis.realism import face_boxes
     from fer_lab.data.align import FaceAligner
 
-    face = FaceAligner(size=112).align(data.astronaut()).image
+    face = np.array(FaceAligner(size=112).align(data.astronaut()).image)
+    (box,) = face_boxes(face[None])
+    assert box is not None
+    x0, y0, x1, y1 = box
     with torch.no_grad():
-        p = model(torch.from_numpy(np.array(face)).permute(2, 0, 1)[None].float() / 255).softmax(1)[0]
+        p = model(torch.from_numpy(np.ascontiguousarray(face[y0:y1, x0:x1])).permute(2, 0, 1)[None].float() / 255)
+    p = p.softmax(1)[0]
     assert int(p.argmax()) == EXPRESSIONS.index("happiness") and float(p.max()) > 0.5
 
 
