@@ -725,10 +725,7 @@ def load_fer_mini_xception(path: str | Path | None = None) -> MiniXception:
             bn(block.bn1, f"batch_normalization_{bn1}"), bn(block.bn2, f"batch_normalization_{bn2}")
             bn(block.bn_short, f"batch_normalization_{bn_short}")
         conv(model.head, "conv2d_7")
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return model.eval().requires_grad_(False)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -790,7 +787,4 @@ def load_fer_cnn48(path: str | Path | None = None) -> FerCNN48:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"{path}: the state dict does not fit the network: {e}") from e
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return model.eval().requires_grad_(False)
